@@ -1,0 +1,101 @@
+"""backgrounder's own event loop thread.
+
+An async function decorated with ``@background`` and called from sync code (a
+Django view, a script) runs here: one daemon thread running one asyncio loop,
+started on first use.  The engine (background.c) submits the coroutine with the
+caller's context and a done callback; it drains and stops this loop at exit,
+before the interpreter finalizes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+
+class LoopThread:
+    """One asyncio loop on a thread of its own."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._tasks: set[asyncio.Future[Any]] = set()
+        self._pending = 0
+        self._closing = False
+        self._idle = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="backgrounder-loop", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_forever()
+        finally:
+            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+            self.loop.close()
+
+    def submit(
+        self,
+        coro: Coroutine[Any, Any, Any],
+        context: contextvars.Context,
+        done: Callable[[asyncio.Future[Any]], object],
+    ) -> None:
+        """Runs ``coro`` on the loop, in ``context``; ``done(task)`` is called
+        when it ends.  Callable from any thread."""
+        with self._idle:
+            if self._closing:
+                raise RuntimeError("backgrounder is shut down: it accepts no new work")
+            self._pending += 1
+        try:
+            self.loop.call_soon_threadsafe(self._start, coro, context, done)
+        except BaseException:
+            self._finished(None)
+            raise
+
+    def _start(
+        self,
+        coro: Coroutine[Any, Any, Any],
+        context: contextvars.Context,
+        done: Callable[[asyncio.Future[Any]], object],
+    ) -> None:
+        # The task copies the current context: run create_task in the caller's.
+        task = context.run(self.loop.create_task, coro)
+        self._tasks.add(task)
+        task.add_done_callback(done)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Future[Any] | None) -> None:
+        if task is not None:
+            self._tasks.discard(task)
+        with self._idle:
+            self._pending -= 1
+            if self._pending == 0:
+                self._idle.notify_all()
+                if self._closing:
+                    self.loop.call_soon_threadsafe(self.loop.stop)
+
+    def wait_idle(self, timeout: float | None) -> bool:
+        """Blocks until no coroutine is pending; False on timeout."""
+        if threading.current_thread() is self._thread:
+            return self._pending <= 1
+        with self._idle:
+            return self._idle.wait_for(lambda: self._pending == 0, timeout)
+
+    def run(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        """Runs ``coro`` to completion on this loop and returns its result
+        (for run_sync from inside another running loop)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def stop(self, wait: bool, timeout: float | None) -> bool:
+        """Stops the loop once the pending coroutines are done: none is lost.
+        With wait, blocks until then (at most timeout seconds).  Returns True
+        when the thread is gone."""
+        with self._idle:
+            self._closing = True
+            if self._pending == 0 and not self.loop.is_closed():
+                self.loop.call_soon_threadsafe(self.loop.stop)
+        if wait and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+        return not self._thread.is_alive()

@@ -1,0 +1,56 @@
+"""Build of backgrounder's C engine, backgrounder._backgrounder.
+
+Switches, read from the environment at build time:
+
+  BACKGROUNDER_WERROR=1      warnings are errors (CI builds with it)
+  BACKGROUNDER_DEBUG=1       -O0 -g3, assertions and invariant checks on, debug counters
+  BACKGROUNDER_SANITIZE=...  "address" (ASan + UBSan) or "thread" (TSan)
+"""
+
+import os
+import sys
+from glob import glob
+
+from setuptools import Extension, setup
+
+compile_args = ["-std=c11", "-Wall", "-Wextra", "-Wno-missing-field-initializers"]
+link_args = []
+macros = []
+libraries = []
+
+if sys.platform != "win32":
+    libraries.append("pthread")
+
+if os.environ.get("BACKGROUNDER_WERROR") == "1":
+    compile_args.append("-Werror")
+
+if os.environ.get("BACKGROUNDER_DEBUG") == "1":
+    compile_args += ["-O0", "-g3", "-UNDEBUG"]
+    macros.append(("BG_DEBUG", "1"))
+
+sanitize = os.environ.get("BACKGROUNDER_SANITIZE", "")
+if sanitize == "address":
+    flags = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined"]
+    compile_args += flags + ["-O1", "-g"]
+    link_args += flags
+elif sanitize == "thread":
+    flags = ["-fsanitize=thread"]
+    compile_args += flags + ["-O1", "-g"]
+    link_args += flags
+elif sanitize:
+    raise SystemExit(f"BACKGROUNDER_SANITIZE must be 'address' or 'thread', not {sanitize!r}")
+
+setup(
+    ext_modules=[
+        Extension(
+            "backgrounder._backgrounder",
+            sources=sorted(glob("src/*.c")),
+            depends=sorted(glob("src/*.h")),
+            include_dirs=["src"],
+            define_macros=macros,
+            extra_compile_args=compile_args,
+            extra_link_args=link_args,
+            libraries=libraries,
+        )
+    ],
+)

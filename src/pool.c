@@ -1,0 +1,728 @@
+/* pool.c: the native thread pool.
+ *
+ * Workers are detached OS threads, each with a PyThreadState of its own made
+ * once.  A worker waits for work without the GIL; when it has an item it takes
+ * the GIL and runs items back to back for as long as the queue has some, so a
+ * burst of short calls costs one GIL hand-off, not one per call.  Every
+ * GIL_BATCH items it offers the GIL to whoever waits for it (the loop thread).
+ *
+ * How many workers: a worker counts as "searching" from the moment it is
+ * woken until it runs an item with the GIL.  Whenever work is queued and no
+ * worker is searching, one idle worker is woken, or a new one is started (up
+ * to max_workers).  So a burst of cheap calls is served by one or two workers,
+ * while calls that block (and release the GIL) quickly bring up as many
+ * workers as there are blocked calls.  A worker idle for idle_timeout seconds
+ * exits.
+ */
+#include "pool.h"
+#include "module.h"
+#include "platform.h"
+#include <stdatomic.h>
+
+#define FREE_LIST_MAX 4096   /* items kept for reuse */
+#define GIL_BATCH 64         /* items run back to back before offering the GIL */
+#define WAIT_SLICE 0.05      /* seconds between checks for signals while waiting */
+#define SPIN_SECONDS 100e-6  /* how long one worker looks for work before sleeping */
+
+struct bg_pool {
+    bg_mutex mu;
+    bg_cond work_cv;          /* idle workers wait here */
+    bg_cond idle_cv;          /* pool_wait_idle and pool_shutdown wait here */
+
+    /* Written under mu; read without it by a spinning worker. */
+    atomic_int has_work;
+
+    /* Guarded by mu. */
+    bg_item *head, *tail;
+    Py_ssize_t queued;
+    Py_ssize_t running;       /* items taken from the queue, not yet finished */
+    Py_ssize_t nworkers;      /* threads that take items */
+    Py_ssize_t nthreads;      /* threads alive, those on their way out included */
+    Py_ssize_t nidle;         /* waiting on work_cv */
+    Py_ssize_t nsearching;    /* awake and not yet running an item with the GIL */
+    Py_ssize_t tokens;        /* wake-ups sent to idle workers, not yet taken */
+    Py_ssize_t nwaiters;      /* threads waiting on idle_cv */
+    Py_ssize_t nspinning;     /* workers spinning for work (at most one) */
+    Py_ssize_t max_workers;
+    double idle_timeout;
+    int closed;
+    Py_ssize_t refcnt;
+
+    PyInterpreterState *interp;
+
+    /* Guarded by the GIL. */
+    bg_item *free_items;
+    Py_ssize_t nfree;
+    uint64_t submitted, done, failed, cancelled, wakeups, completions, threads_started;
+};
+
+/* The pool whose worker the current thread is, if it is one.  A plain C
+   pointer, no Python object: lets a task that waits on its own pool (calls
+   shutdown, say) leave itself out of the wait. */
+static _Thread_local bg_pool *current_worker_of;
+
+#ifdef BG_DEBUG
+static atomic_ullong dbg_items_allocated, dbg_items_freed, dbg_threads_started, dbg_threads_ended;
+
+void
+pool_debug_counters(uint64_t out[4])
+{
+    out[0] = atomic_load(&dbg_items_allocated);
+    out[1] = atomic_load(&dbg_items_freed);
+    out[2] = atomic_load(&dbg_threads_started);
+    out[3] = atomic_load(&dbg_threads_ended);
+}
+#define DBG_COUNT(c) atomic_fetch_add(&(c), 1)
+/* mu held: the counts must add up. */
+#define POOL_CHECK(p)                                                         \
+    do {                                                                      \
+        assert((p)->queued >= 0 && (p)->running >= 0);                        \
+        assert((p)->nidle >= 0 && (p)->nsearching >= 0);                      \
+        assert((p)->tokens >= 0 && (p)->tokens <= (p)->nidle);               \
+        assert((p)->nworkers <= (p)->nthreads);                               \
+        assert(((p)->head == NULL) == ((p)->queued == 0));                    \
+    } while (0)
+#else
+#define DBG_COUNT(c) ((void)0)
+#define POOL_CHECK(p) ((void)0)
+#endif
+
+/* ---- the queue: plain C, mu held ---------------------------------------- */
+
+static void
+queue_push(bg_pool *pool, bg_item *item)
+{
+    item->next = NULL;
+    if (pool->tail) {
+        pool->tail->next = item;
+    }
+    else {
+        pool->head = item;
+    }
+    pool->tail = item;
+    pool->queued++;
+    atomic_store_explicit(&pool->has_work, 1, memory_order_release);
+}
+
+/* Returns the oldest item, or NULL when the queue is empty. */
+static bg_item *
+queue_pop(bg_pool *pool)
+{
+    bg_item *item = pool->head;
+    if (item) {
+        pool->head = item->next;
+        if (pool->head == NULL) {
+            pool->tail = NULL;
+        }
+        item->next = NULL;
+        pool->queued--;
+        if (pool->head == NULL) {
+            atomic_store_explicit(&pool->has_work, 0, memory_order_relaxed);
+        }
+    }
+    return item;
+}
+
+/* Takes `item` out of the queue.  Returns 1 if it was there. */
+static int
+queue_remove(bg_pool *pool, bg_item *item)
+{
+    bg_item *prev = NULL;
+    for (bg_item *it = pool->head; it; prev = it, it = it->next) {
+        if (it == item) {
+            if (prev) {
+                prev->next = it->next;
+            }
+            else {
+                pool->head = it->next;
+            }
+            if (pool->tail == it) {
+                pool->tail = prev;
+            }
+            it->next = NULL;
+            pool->queued--;
+            if (pool->head == NULL) {
+                atomic_store_explicit(&pool->has_work, 0, memory_order_relaxed);
+            }
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* ---- lifetime -------------------------------------------------------------- */
+
+/* Returns 0, or an errno value. */
+static int
+pool_init_sync(bg_pool *pool)
+{
+    int err = bg_mutex_init(&pool->mu);
+    if (err) {
+        return err;
+    }
+    err = bg_cond_init(&pool->work_cv);
+    if (err) {
+        bg_mutex_destroy(&pool->mu);
+        return err;
+    }
+    err = bg_cond_init(&pool->idle_cv);
+    if (err) {
+        bg_cond_destroy(&pool->work_cv);
+        bg_mutex_destroy(&pool->mu);
+        return err;
+    }
+    return 0;
+}
+
+bg_pool *
+pool_new(PyInterpreterState *interp)
+{
+    bg_pool *pool = PyMem_RawCalloc(1, sizeof(bg_pool));
+    if (pool == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    int err = pool_init_sync(pool);
+    if (err) {
+        PyMem_RawFree(pool);
+        errno = err;
+        PyErr_SetFromErrno(PyExc_OSError);
+        return NULL;
+    }
+    pool->max_workers = 40;
+    pool->idle_timeout = 30.0;
+    pool->refcnt = 1;
+    pool->interp = interp;
+    return pool;
+}
+
+void
+pool_decref(bg_pool *pool)
+{
+    bg_mutex_lock(&pool->mu);
+    int last = --pool->refcnt == 0;
+    bg_mutex_unlock(&pool->mu);
+    if (!last) {
+        return;
+    }
+    assert(pool->head == NULL && pool->nthreads == 0);
+    bg_item *item = pool->free_items;
+    while (item) {
+        bg_item *next = item->next;
+        PyMem_RawFree(item);
+        DBG_COUNT(dbg_items_freed);
+        item = next;
+    }
+    bg_cond_destroy(&pool->idle_cv);
+    bg_cond_destroy(&pool->work_cv);
+    bg_mutex_destroy(&pool->mu);
+    PyMem_RawFree(pool);
+}
+
+bg_item *
+pool_item_new(bg_pool *pool)
+{
+    bg_item *item = pool->free_items;
+    if (item) {
+        pool->free_items = item->next;
+        pool->nfree--;
+    }
+    else {
+        item = PyMem_RawMalloc(sizeof(bg_item));
+        if (item == NULL) {
+            PyErr_NoMemory();
+            return NULL;
+        }
+        DBG_COUNT(dbg_items_allocated);
+    }
+    memset(item, 0, sizeof(bg_item));
+    item->pool = pool;
+    return item;
+}
+
+void
+pool_item_free(bg_item *item)
+{
+    bg_pool *pool = item->pool;
+    PyObject *refs[8] = {item->func, item->args, item->kwargs, item->context,
+                         item->target, item->inbox, item->result, item->exc};
+    memset(item, 0, sizeof(bg_item));
+    if (pool->nfree < FREE_LIST_MAX) {
+        item->next = pool->free_items;
+        pool->free_items = item;
+        pool->nfree++;
+    }
+    else {
+        PyMem_RawFree(item);
+        DBG_COUNT(dbg_items_freed);
+    }
+    for (size_t i = 0; i < sizeof(refs) / sizeof(refs[0]); i++) {
+        Py_XDECREF(refs[i]);
+    }
+}
+
+/* ---- waking and starting workers ------------------------------------------ */
+
+static void *worker_main(void *arg);
+
+/* mu held.  If work is queued and no worker is on its way to it, wakes an idle
+   worker, or counts in a new one.  Returns 1 if the caller must then start
+   that thread with start_worker (after unlocking mu). */
+static int
+wake_locked(bg_pool *pool)
+{
+    POOL_CHECK(pool);
+    if (pool->head == NULL || pool->nsearching > 0) {
+        return 0;
+    }
+    if (pool->nidle > pool->tokens) {
+        pool->tokens++;
+        pool->nsearching++;
+        bg_cond_signal(&pool->work_cv);
+        return 0;
+    }
+    if (pool->nworkers < pool->max_workers) {
+        pool->nworkers++;
+        pool->nthreads++;
+        pool->nsearching++;
+        pool->refcnt++;   /* the new thread's */
+        return 1;
+    }
+    return 0;
+}
+
+/* GIL held, mu not held.  Starts the thread that wake_locked counted in.
+   Returns 0, or an errno value (the count is then taken back). */
+static int
+start_worker(bg_pool *pool)
+{
+    int err = bg_thread_start(worker_main, pool);
+    if (err) {
+        bg_mutex_lock(&pool->mu);
+        pool->nworkers--;
+        pool->nthreads--;
+        pool->nsearching--;
+        pool->refcnt--;   /* never the last: the caller holds one */
+        if (pool->nwaiters) {
+            bg_cond_broadcast(&pool->idle_cv);
+        }
+        bg_mutex_unlock(&pool->mu);
+        return err;
+    }
+    pool->threads_started++;
+    DBG_COUNT(dbg_threads_started);
+    return 0;
+}
+
+int
+pool_submit(bg_pool *pool, bg_item *item)
+{
+    bg_mutex_lock(&pool->mu);
+    if (pool->closed) {
+        bg_mutex_unlock(&pool->mu);
+        PyErr_SetString(PyExc_RuntimeError,
+                        "backgrounder is shut down: it accepts no new work");
+        return -1;
+    }
+    queue_push(pool, item);
+    int must_start = wake_locked(pool);
+    bg_mutex_unlock(&pool->mu);
+    pool->submitted++;
+    if (must_start) {
+        int err = start_worker(pool);
+        if (err) {
+            /* With no worker at all, nobody would ever take the item. */
+            bg_mutex_lock(&pool->mu);
+            int orphan = pool->nworkers == 0 && queue_remove(pool, item);
+            bg_mutex_unlock(&pool->mu);
+            if (orphan) {
+                pool->submitted--;
+                PyErr_Format(PyExc_RuntimeError,
+                             "backgrounder could not start a worker thread: %s",
+                             strerror(err));
+                return -1;
+            }
+        }
+    }
+    return 0;
+}
+
+/* ---- the worker ------------------------------------------------------------ */
+
+/* GIL held.  Runs one item in its context and hands it to its owner. */
+static void
+run_item(bg_pool *pool, bg_item *item)
+{
+    if (!item->ops->start(item)) {
+        pool->cancelled++;
+        item->ops->finish(item);
+        return;
+    }
+    if (PyContext_Enter(item->context) < 0) {
+        item->exc = bg_fetch_exception();
+    }
+    else {
+        item->result = PyObject_Call(item->func, item->args, item->kwargs);
+        if (item->result == NULL) {
+            item->exc = bg_fetch_exception();
+        }
+        if (PyContext_Exit(item->context) < 0) {
+            /* Only if the context was not the one entered: cannot happen. */
+            PyErr_WriteUnraisable(item->context);
+        }
+    }
+    pool->done++;
+    if (item->exc) {
+        pool->failed++;
+    }
+    item->ops->finish(item);
+}
+
+/* GIL held.  Runs `item`, then every item the queue has, holding the GIL. */
+static void
+worker_run(bg_pool *pool, bg_item *item)
+{
+    bg_mutex_lock(&pool->mu);
+    pool->nsearching--;
+    int must_start = wake_locked(pool);
+    bg_mutex_unlock(&pool->mu);
+    if (must_start) {
+        (void)start_worker(pool);   /* on failure this worker goes on alone */
+    }
+    for (int batch = 1;; batch++) {
+        run_item(pool, item);
+        bg_mutex_lock(&pool->mu);
+        pool->running--;
+        item = queue_pop(pool);
+        must_start = 0;
+        if (item) {
+            pool->running++;
+            must_start = wake_locked(pool);
+        }
+        else if (pool->running == 0 && pool->nwaiters) {
+            bg_cond_broadcast(&pool->idle_cv);
+        }
+        bg_mutex_unlock(&pool->mu);
+        if (must_start) {
+            (void)start_worker(pool);
+        }
+        if (item == NULL) {
+            return;
+        }
+        if (batch % GIL_BATCH == 0) {
+            Py_BEGIN_ALLOW_THREADS
+            Py_END_ALLOW_THREADS
+        }
+    }
+}
+
+/* mu held (released while spinning).  Before a worker sleeps, one at a time
+   watches the queue for a moment: work that comes in then (the next call of
+   a caller awaiting one call after another) is taken without a wake-up.
+   Still counted as searching, so a submitter signals nobody meanwhile.
+   Returns 1 if work came. */
+static int
+worker_spin(bg_pool *pool)
+{
+    if (pool->nspinning > 0 || pool->closed) {
+        return 0;
+    }
+    pool->nspinning++;
+    bg_mutex_unlock(&pool->mu);
+    double end = bg_monotonic() + SPIN_SECONDS;
+    int found = 0;
+    do {
+        for (int i = 0; i < 32 && !found; i++) {
+            bg_cpu_relax();
+            found = atomic_load_explicit(&pool->has_work, memory_order_acquire);
+        }
+    } while (!found && bg_monotonic() < end);
+    bg_mutex_lock(&pool->mu);
+    pool->nspinning--;
+    return pool->head != NULL;
+}
+
+/* mu held.  The worker found no work: waits for a wake-up, for the pool to
+   close, or for the idle timeout.  Returns 1 to look for work again, 0 to exit. */
+static int
+worker_sleep(bg_pool *pool)
+{
+    if (worker_spin(pool)) {
+        return 1;
+    }
+    double deadline = bg_monotonic() + pool->idle_timeout;
+    int timed_out = 0;
+    pool->nsearching--;
+    pool->nidle++;
+    while (pool->tokens == 0 && !pool->closed && !timed_out) {
+        timed_out = bg_cond_wait_until(&pool->work_cv, &pool->mu, deadline) == ETIMEDOUT;
+    }
+    pool->nidle--;
+    if (pool->tokens > 0) {
+        pool->tokens--;   /* whoever sent it counted this worker as searching */
+        return 1;
+    }
+    pool->nsearching++;
+    return pool->closed || pool->head != NULL;
+}
+
+static void *
+worker_main(void *arg)
+{
+    bg_pool *pool = arg;
+    bg_thread_set_name("backgrounder");
+    current_worker_of = pool;
+    PyThreadState *tstate = PyThreadState_New(pool->interp);
+
+    bg_mutex_lock(&pool->mu);
+    while (tstate != NULL) {
+        bg_item *item = queue_pop(pool);
+        if (item == NULL) {
+            /* Closed and empty: done.  Idle too long with nothing queued: retire. */
+            if (pool->closed || !worker_sleep(pool)) {
+                break;
+            }
+            continue;
+        }
+        pool->running++;
+        bg_mutex_unlock(&pool->mu);
+
+        PyEval_RestoreThread(tstate);
+        worker_run(pool, item);
+        PyEval_SaveThread();
+
+        bg_mutex_lock(&pool->mu);
+        pool->nsearching++;
+    }
+    pool->nworkers--;
+    pool->nsearching--;
+    bg_mutex_unlock(&pool->mu);
+
+    if (tstate != NULL) {
+        PyEval_RestoreThread(tstate);
+        PyThreadState_Clear(tstate);
+        PyThreadState_DeleteCurrent();
+    }
+    current_worker_of = NULL;
+    DBG_COUNT(dbg_threads_ended);
+
+    bg_mutex_lock(&pool->mu);
+    pool->nthreads--;
+    if (pool->nwaiters) {
+        bg_cond_broadcast(&pool->idle_cv);
+    }
+    bg_mutex_unlock(&pool->mu);
+    pool_decref(pool);
+    return NULL;
+}
+
+/* ---- configuration, waiting, shutdown -------------------------------------- */
+
+void
+pool_configure(bg_pool *pool, Py_ssize_t max_workers, double idle_timeout)
+{
+    bg_mutex_lock(&pool->mu);
+    if (max_workers > 0) {
+        pool->max_workers = max_workers;
+    }
+    if (idle_timeout > 0) {
+        pool->idle_timeout = idle_timeout;
+        bg_cond_broadcast(&pool->work_cv);   /* idle workers re-read it */
+    }
+    int must_start = wake_locked(pool);      /* a larger pool may start one more */
+    bg_mutex_unlock(&pool->mu);
+    if (must_start) {
+        (void)start_worker(pool);
+    }
+}
+
+/* mu held.  Is the condition a waiter waits for met?  `self` is 1 when the
+   waiter is one of the pool's workers. */
+typedef int (*wait_cond)(bg_pool *pool, int self, void *arg);
+
+static int
+is_idle(bg_pool *pool, int self, void *arg)
+{
+    (void)arg;
+    return pool->head == NULL && pool->running <= self;
+}
+
+static int
+is_gone(bg_pool *pool, int self, void *arg)
+{
+    (void)arg;
+    return pool->nthreads <= self;
+}
+
+/* GIL held; released while waiting.  Waits until cond holds or `timeout`
+   seconds pass (< 0: no limit), checking for signals between slices.
+   Returns 1, 0 on timeout, -1 with an exception set. */
+static int
+pool_wait(bg_pool *pool, wait_cond cond, void *arg, double timeout)
+{
+    int self = current_worker_of == pool;   /* a worker does not wait for itself */
+    double deadline = timeout < 0 ? -1.0 : bg_monotonic() + timeout;
+    for (;;) {
+        int met;
+        Py_BEGIN_ALLOW_THREADS
+        bg_mutex_lock(&pool->mu);
+        double slice_end = bg_monotonic() + WAIT_SLICE;
+        if (deadline >= 0 && deadline < slice_end) {
+            slice_end = deadline;
+        }
+        pool->nwaiters++;
+        while (!(met = cond(pool, self, arg))) {
+            if (bg_cond_wait_until(&pool->idle_cv, &pool->mu, slice_end) == ETIMEDOUT) {
+                met = cond(pool, self, arg);
+                break;
+            }
+        }
+        pool->nwaiters--;
+        bg_mutex_unlock(&pool->mu);
+        Py_END_ALLOW_THREADS
+        if (met) {
+            return 1;
+        }
+        if (PyErr_CheckSignals() < 0) {
+            return -1;
+        }
+        if (deadline >= 0 && bg_monotonic() >= deadline) {
+            return 0;
+        }
+    }
+}
+
+int
+pool_wait_idle(bg_pool *pool, double timeout)
+{
+    return pool_wait(pool, is_idle, NULL, timeout);
+}
+
+int
+pool_shutdown(bg_pool *pool, int wait, double timeout)
+{
+    bg_mutex_lock(&pool->mu);
+    pool->closed = 1;
+    bg_cond_broadcast(&pool->work_cv);
+    bg_mutex_unlock(&pool->mu);
+    if (!wait) {
+        return 1;
+    }
+    return pool_wait(pool, is_gone, NULL, timeout);
+}
+
+/* For handles: see pool.h. */
+void
+pool_lock(bg_pool *pool)
+{
+    bg_mutex_lock(&pool->mu);
+}
+
+void
+pool_unlock_notify(bg_pool *pool)
+{
+    if (pool->nwaiters) {
+        bg_cond_broadcast(&pool->idle_cv);
+    }
+    bg_mutex_unlock(&pool->mu);
+}
+
+void
+pool_unlock(bg_pool *pool)
+{
+    bg_mutex_unlock(&pool->mu);
+}
+
+static int
+flag_is_set(bg_pool *pool, int self, void *arg)
+{
+    (void)pool;
+    (void)self;
+    return *(volatile int *)arg;
+}
+
+int
+pool_wait_flag(bg_pool *pool, int *flag, double timeout)
+{
+    return pool_wait(pool, flag_is_set, flag, timeout);
+}
+
+int
+pool_is_closed(bg_pool *pool)
+{
+    bg_mutex_lock(&pool->mu);
+    int closed = pool->closed;
+    bg_mutex_unlock(&pool->mu);
+    return closed;
+}
+
+void
+pool_get_stats(bg_pool *pool, bg_pool_stats *out)
+{
+    bg_mutex_lock(&pool->mu);
+    out->queued = pool->queued;
+    out->running = pool->running;
+    out->workers = pool->nworkers;
+    out->idle = pool->nidle;
+    out->max_workers = pool->max_workers;
+    out->idle_timeout = pool->idle_timeout;
+    bg_mutex_unlock(&pool->mu);
+    out->submitted = pool->submitted;
+    out->done = pool->done;
+    out->failed = pool->failed;
+    out->cancelled = pool->cancelled;
+    out->wakeups = pool->wakeups;
+    out->completions = pool->completions;
+    out->threads_started = pool->threads_started;
+}
+
+void
+pool_count_wakeup(bg_pool *pool)
+{
+    pool->wakeups++;
+}
+
+void
+pool_count_completion(bg_pool *pool)
+{
+    pool->completions++;
+}
+
+/* ---- fork ------------------------------------------------------------------ */
+
+void
+pool_before_fork(bg_pool *pool)
+{
+    /* No thread holds mu while waiting for the GIL, so this cannot deadlock. */
+    bg_mutex_lock(&pool->mu);
+}
+
+void
+pool_after_fork_parent(bg_pool *pool)
+{
+    bg_mutex_unlock(&pool->mu);
+}
+
+void
+pool_after_fork_child(bg_pool *pool)
+{
+    /* Only the forking thread exists here.  The locks may have waiters that
+       are gone: make them anew.  The queue belongs to the parent, which runs
+       it: drop the child's copy. */
+    bg_item *queue = pool->head;
+    int self = current_worker_of == pool;  /* forked from inside a task */
+    if (pool_init_sync(pool) != 0) {
+        Py_FatalError("backgrounder: cannot re-create the pool's locks after fork");
+    }
+    pool->head = pool->tail = NULL;
+    pool->queued = 0;
+    pool->running = self;
+    pool->nworkers = pool->nthreads = self;
+    pool->nidle = pool->nsearching = pool->tokens = pool->nwaiters = 0;
+    pool->refcnt = 1 + self;
+    while (queue) {
+        bg_item *next = queue->next;
+        pool_item_free(queue);
+        queue = next;
+    }
+}

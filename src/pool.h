@@ -1,0 +1,125 @@
+/* pool.h: the native thread pool that runs sync callables.
+ *
+ * One pool per module object (so per interpreter).  Items are plain C structs
+ * recycled through a free list; the pool runs each one on a worker thread, with
+ * the GIL, inside the item's contextvars context, then hands it to its owner
+ * (bridge.c for an awaited Task, background.c for a @background handle) through
+ * the item's ops.
+ *
+ * Locking: the queue and the worker counts are guarded by pool->mu, which is
+ * never held while waiting for the GIL.  The free list, the statistics and the
+ * items' Python references are guarded by the GIL.
+ */
+#ifndef BG_POOL_H
+#define BG_POOL_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+
+typedef struct bg_item bg_item;
+typedef struct bg_pool bg_pool;
+
+/* What the pool asks of an item's owner.  Both are called with the GIL held. */
+typedef struct {
+    /* Called just before the item runs: returns 1 to run it, 0 to skip it (its
+       caller gave up on it).  Must not leave an exception set. */
+    int (*start)(bg_item *item);
+    /* Called once, after the item ran (item->result or item->exc is set) or was
+       skipped (both NULL).  Takes the item over: it must end in pool_item_free. */
+    void (*finish)(bg_item *item);
+} bg_item_ops;
+
+struct bg_item {
+    bg_item *next;             /* queue, inbox or free-list link */
+    const bg_item_ops *ops;
+    bg_pool *pool;             /* borrowed: the pool outlives its items */
+    PyObject *func;            /* strong: the callable */
+    PyObject *args;            /* strong: a tuple */
+    PyObject *kwargs;          /* strong: a dict, or NULL */
+    PyObject *context;         /* strong: the contextvars.Context to run in */
+    PyObject *target;          /* strong: the asyncio future or the handle to settle */
+    PyObject *inbox;           /* strong: the bridge inbox of target's loop, or NULL */
+    PyObject *result;          /* strong: the value returned, once run */
+    PyObject *exc;             /* strong: the exception raised, once run */
+};
+
+/* Counters, a snapshot. */
+typedef struct {
+    Py_ssize_t queued, running, workers, idle, max_workers;
+    uint64_t submitted, done, failed, cancelled, wakeups, completions, threads_started;
+    double idle_timeout;
+} bg_pool_stats;
+
+/* Returns a new pool (one reference, the caller's), or NULL with MemoryError
+   or OSError set. */
+bg_pool *pool_new(PyInterpreterState *interp);
+/* Drops a reference; the last one frees the pool.  Needs no GIL. */
+void pool_decref(bg_pool *pool);
+
+/* GIL held.  Returns a zeroed item, or NULL with MemoryError set. */
+bg_item *pool_item_new(bg_pool *pool);
+/* GIL held.  Drops the item's references and recycles it.  The references are
+   released after the item is back on the free list, so a finalizer that runs
+   then may use the pool. */
+void pool_item_free(bg_item *item);
+
+/* GIL held.  Queues the item and makes sure a worker will take it; the pool
+   owns it from then on.  Returns 0, or -1 with RuntimeError set (the pool is
+   shut down, or no worker thread could be started) and the item still the
+   caller's. */
+int pool_submit(bg_pool *pool, bg_item *item);
+
+/* GIL held.  max_workers >= 1, idle_timeout > 0 (seconds); -1 keeps a value. */
+void pool_configure(bg_pool *pool, Py_ssize_t max_workers, double idle_timeout);
+
+/* GIL held; released while waiting.  Waits until nothing is queued or running
+   (the pool stays open; work submitted meanwhile is waited for too), for at
+   most `timeout` seconds (< 0: no limit).  Returns 1 when idle, 0 on timeout,
+   -1 with an exception set if a signal handler raised (Ctrl-C). */
+int pool_wait_idle(bg_pool *pool, double timeout);
+
+/* GIL held; released while waiting.  Stops accepting work; the workers finish
+   what was accepted and exit.  With wait, waits for every worker thread to be
+   gone, for at most `timeout` seconds (< 0: no limit).  Returns 1 when the
+   workers are gone (or wait is 0), 0 on timeout, -1 with an exception set if a
+   signal handler raised. */
+int pool_shutdown(bg_pool *pool, int wait, double timeout);
+
+/* A lock and a wake-up for the handles of @background calls: a handle's
+   state changes between pool_lock and pool_unlock_notify (which wakes the
+   threads blocked in pool_wait_flag), so that a thread blocked on it cannot
+   miss the change.  No Python API may be called while the lock is held. */
+void pool_lock(bg_pool *pool);
+void pool_unlock(bg_pool *pool);
+void pool_unlock_notify(bg_pool *pool);
+/* GIL held; released while waiting.  Waits until *flag (read under the
+   pool's lock) is non-zero or `timeout` seconds pass (< 0: no limit).
+   Returns 1, 0 on timeout, -1 with an exception set (a signal handler
+   raised). */
+int pool_wait_flag(bg_pool *pool, int *flag, double timeout);
+
+/* Returns 1 once pool_shutdown was called. */
+int pool_is_closed(bg_pool *pool);
+
+/* GIL held. */
+void pool_get_stats(bg_pool *pool, bg_pool_stats *out);
+/* GIL held: bridge.c counts loop wake-ups and delivered completions here. */
+void pool_count_wakeup(bg_pool *pool);
+void pool_count_completion(bg_pool *pool);
+
+/* os.register_at_fork hooks; GIL held.  Before: takes pool->mu so that the
+   child inherits a consistent queue.  Parent: releases it.  Child: fresh
+   locks, no workers, and the inherited queue dropped (its callers are the
+   parent's). */
+void pool_before_fork(bg_pool *pool);
+void pool_after_fork_parent(bg_pool *pool);
+void pool_after_fork_child(bg_pool *pool);
+
+#ifdef BG_DEBUG
+/* Debug builds: counts of items allocated/freed and threads started/ended,
+   process-wide (plain C integers, not Python objects). */
+void pool_debug_counters(uint64_t out[4]);
+#endif
+
+#endif /* BG_POOL_H */

@@ -1,0 +1,774 @@
+/* task.c: Task, the Call that `await task()` drives for a sync callable, and
+ * the coroutine protocol shared by every awaitable of the module (task.h).
+ *
+ * A Call on its first send: creates a future on the running loop, queues a
+ * pool item holding the callable, its arguments, a copy of the caller's
+ * context and the future, and yields the future.  The pool runs the item and
+ * the bridge settles the future on the loop; the awaiting asyncio task then
+ * sends again and the Call returns the future's result (or raises its
+ * exception, traceback included).
+ */
+#include "task.h"
+#include "bridge.h"
+
+/* ---- the coroutine protocol ------------------------------------------------ */
+
+#define CORO_OPS(self) (((bg_coro *)(self))->ops)
+
+PyObject *
+bg_coro_await(PyObject *self)
+{
+    return Py_NewRef(self);
+}
+
+PySendResult
+bg_coro_am_send(PyObject *self, PyObject *value, PyObject **result)
+{
+    return CORO_OPS(self)->send(self, value, result);
+}
+
+/* Turns a send result into what send()/__next__ return: the yielded value,
+   or NULL with StopIteration(value) or the error set. */
+static PyObject *
+send_result_object(PySendResult status, PyObject *result)
+{
+    if (status == PYGEN_NEXT) {
+        return result;
+    }
+    if (status == PYGEN_RETURN) {
+        bg_set_stop_iteration(result);
+        Py_DECREF(result);
+    }
+    return NULL;
+}
+
+PyObject *
+bg_coro_iternext(PyObject *self)
+{
+    PyObject *result = NULL;
+    PySendResult status = CORO_OPS(self)->send(self, Py_None, &result);
+    return send_result_object(status, result);
+}
+
+static PyObject *
+coro_send(PyObject *self, PyObject *value)
+{
+    PyObject *result = NULL;
+    PySendResult status = CORO_OPS(self)->send(self, value, &result);
+    return send_result_object(status, result);
+}
+
+/* Returns a new reference to the exception instance that throw(typ, val, tb)
+   stands for, as generator.throw() builds it; NULL with TypeError set. */
+static PyObject *
+make_thrown(PyObject *typ, PyObject *val, PyObject *tb)
+{
+    PyObject *exc = NULL;
+    if (tb == Py_None) {
+        tb = NULL;
+    }
+    if (tb != NULL && !PyTraceBack_Check(tb)) {
+        PyErr_SetString(PyExc_TypeError, "throw() third argument must be a traceback object");
+        return NULL;
+    }
+    if (PyExceptionInstance_Check(typ)) {
+        if (val != NULL && val != Py_None) {
+            PyErr_SetString(PyExc_TypeError, "instance exception may not have a separate value");
+            return NULL;
+        }
+        exc = Py_NewRef(typ);
+    }
+    else if (PyExceptionClass_Check(typ)) {
+        if (val == NULL || val == Py_None) {
+            exc = PyObject_CallNoArgs(typ);
+        }
+        else if (PyObject_TypeCheck(val, (PyTypeObject *)typ)) {
+            exc = Py_NewRef(val);
+        }
+        else if (PyTuple_Check(val)) {
+            exc = PyObject_Call(typ, val, NULL);
+        }
+        else {
+            exc = PyObject_CallOneArg(typ, val);
+        }
+        if (exc == NULL) {
+            return NULL;
+        }
+        if (!PyExceptionInstance_Check(exc)) {
+            PyErr_Format(PyExc_TypeError, "calling %R should have returned an instance of "
+                         "BaseException, not %R", typ, exc);
+            Py_DECREF(exc);
+            return NULL;
+        }
+    }
+    else {
+        PyErr_Format(PyExc_TypeError, "exceptions must be classes or instances deriving "
+                     "from BaseException, not %s", Py_TYPE(typ)->tp_name);
+        return NULL;
+    }
+    if (tb != NULL && PyException_SetTraceback(exc, tb) < 0) {
+        Py_DECREF(exc);
+        return NULL;
+    }
+    return exc;
+}
+
+static PyObject *
+coro_throw(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 3) {
+        PyErr_Format(PyExc_TypeError, "throw expected 1 to 3 arguments, got %zd", nargs);
+        return NULL;
+    }
+    PyObject *exc = make_thrown(args[0], nargs > 1 ? args[1] : NULL, nargs > 2 ? args[2] : NULL);
+    if (exc == NULL) {
+        return NULL;
+    }
+    PyObject *result = NULL;
+    PySendResult status = CORO_OPS(self)->throw_(self, exc, &result);
+    Py_DECREF(exc);
+    return send_result_object(status, result);
+}
+
+static PyObject *
+coro_close(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (CORO_OPS(self)->close(self) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+PyMethodDef bg_coro_methods[] = {
+    {"send", (PyCFunction)coro_send, METH_O,
+     "send($self, value, /)\n--\n\nResumes the awaitable with a value."},
+    {"throw", (PyCFunction)(void (*)(void))coro_throw, METH_FASTCALL,
+     "throw(typ, val=None, tb=None)\n--\n\nRaises an exception inside the awaitable."},
+    {"close", (PyCFunction)coro_close, METH_NOARGS,
+     "close($self, /)\n--\n\nEnds the awaitable; a call not started yet never starts."},
+    {NULL, NULL, 0, NULL},
+};
+
+static inline int
+is_bg_coro(PyObject *obj)
+{
+    return Py_TYPE(obj)->tp_as_async != NULL
+           && Py_TYPE(obj)->tp_as_async->am_send == bg_coro_am_send;
+}
+
+PySendResult
+bg_delegate_send(PyObject *iter, PyObject *value, PyObject **result)
+{
+    if (is_bg_coro(iter)) {
+        return CORO_OPS(iter)->send(iter, value, result);
+    }
+    return PyIter_Send(iter, value, result);
+}
+
+/* An error is set: if it is StopIteration, the iterator returned; gets its
+   value.  Returns PYGEN_RETURN with *result set, or PYGEN_ERROR. */
+static PySendResult
+stop_iteration_to_return(PyObject **result)
+{
+    if (!PyErr_ExceptionMatches(PyExc_StopIteration)) {
+        return PYGEN_ERROR;
+    }
+    PyObject *exc = bg_fetch_exception();
+    PyObject *value = PyObject_GetAttrString(exc, "value");
+    Py_DECREF(exc);
+    if (value == NULL) {
+        return PYGEN_ERROR;
+    }
+    *result = value;
+    return PYGEN_RETURN;
+}
+
+PySendResult
+bg_delegate_throw(bg_state *st, PyObject *iter, PyObject *exc, PyObject **result)
+{
+    if (is_bg_coro(iter)) {
+        return CORO_OPS(iter)->throw_(iter, exc, result);
+    }
+    PyObject *meth;
+    if (bg_getattr_optional(iter, st->str_throw, &meth) < 0) {
+        return PYGEN_ERROR;
+    }
+    if (meth == NULL) {
+        bg_raise(exc);   /* like `yield from`: no throw(), raise it here */
+        return PYGEN_ERROR;
+    }
+    PyObject *res = PyObject_CallOneArg(meth, exc);
+    Py_DECREF(meth);
+    if (res != NULL) {
+        *result = res;
+        return PYGEN_NEXT;
+    }
+    return stop_iteration_to_return(result);
+}
+
+int
+bg_delegate_close(bg_state *st, PyObject *iter)
+{
+    if (is_bg_coro(iter)) {
+        return CORO_OPS(iter)->close(iter);
+    }
+    PyObject *meth;
+    if (bg_getattr_optional(iter, st->str_close, &meth) < 0) {
+        return -1;
+    }
+    if (meth == NULL) {
+        return 0;
+    }
+    PyObject *res = PyObject_CallNoArgs(meth);
+    Py_DECREF(meth);
+    if (res == NULL) {
+        return -1;
+    }
+    Py_DECREF(res);
+    return 0;
+}
+
+PyObject *
+bg_await_iter(PyObject *obj)
+{
+    if (PyCoro_CheckExact(obj)) {
+        return Py_NewRef(obj);
+    }
+    if (PyGen_CheckExact(obj)) {
+        /* A generator-based coroutine (types.coroutine) is its own iterator. */
+        PyObject *code = PyObject_GetAttrString(obj, "gi_code");
+        if (code == NULL) {
+            return NULL;
+        }
+        int flags = ((PyCodeObject *)code)->co_flags;
+        Py_DECREF(code);
+        if (flags & CO_ITERABLE_COROUTINE) {
+            return Py_NewRef(obj);
+        }
+    }
+    unaryfunc am_await = Py_TYPE(obj)->tp_as_async ? Py_TYPE(obj)->tp_as_async->am_await : NULL;
+    if (am_await == NULL) {
+        PyErr_Format(PyExc_TypeError, "object %R can't be used in 'await' expression", obj);
+        return NULL;
+    }
+    PyObject *iter = am_await(obj);
+    if (iter == NULL) {
+        return NULL;
+    }
+    if (PyCoro_CheckExact(iter) || !PyIter_Check(iter)) {
+        PyErr_Format(PyExc_TypeError, "__await__() of %R returned %R, not an iterator", obj, iter);
+        Py_DECREF(iter);
+        return NULL;
+    }
+    return iter;
+}
+
+/* ---- Call: one await of a sync callable ------------------------------------ */
+
+enum { CALL_INIT, CALL_WAITING, CALL_DONE };
+
+typedef struct {
+    bg_coro base;
+    PyObject *func;     /* strong until submitted: the item takes them over */
+    PyObject *args;
+    PyObject *kwargs;
+    PyObject *fut;      /* strong while waiting */
+    int state;
+} CallObject;
+
+static inline bg_state *
+call_state(CallObject *self)
+{
+    return (bg_state *)PyType_GetModuleState(Py_TYPE(self));
+}
+
+/* Ends the call: a future still waited on is cancelled, so a call not yet
+   started never starts.  Returns 0, or -1 with an exception set. */
+static int
+call_abandon(CallObject *self)
+{
+    PyObject *fut = self->fut;
+    self->fut = NULL;
+    self->state = CALL_DONE;
+    Py_CLEAR(self->func);
+    Py_CLEAR(self->args);
+    Py_CLEAR(self->kwargs);
+    if (fut == NULL) {
+        return 0;
+    }
+    PyObject *res = PyObject_CallMethodNoArgs(fut, call_state(self)->str_cancel);
+    Py_DECREF(fut);
+    if (res == NULL) {
+        return -1;
+    }
+    Py_DECREF(res);
+    return 0;
+}
+
+/* Submits the call to the pool and yields the future it will settle. */
+static PySendResult
+call_submit(CallObject *self, PyObject **result)
+{
+    bg_state *st = call_state(self);
+    PyObject *loop = NULL, *fut = NULL;
+    bg_item *item = NULL;
+
+    self->state = CALL_DONE;   /* whatever fails below ends the call */
+    loop = PyObject_CallNoArgs(st->get_running_loop);
+    if (loop == NULL) {
+        goto error;
+    }
+    fut = PyObject_CallMethodNoArgs(loop, st->str_create_future);
+    if (fut == NULL) {
+        goto error;
+    }
+    if (PyObject_SetAttr(fut, st->str_future_blocking, Py_True) < 0) {
+        goto error;
+    }
+    item = pool_item_new(st->pool);
+    if (item == NULL) {
+        goto error;
+    }
+    item->inbox = bridge_inbox_for(st, loop);
+    if (item->inbox == NULL) {
+        pool_item_free(item);
+        goto error;
+    }
+    item->ops = &bridge_future_ops;
+    item->context = PyContext_CopyCurrent();
+    if (item->context == NULL) {
+        bridge_forget(item);
+        goto error;
+    }
+    item->target = Py_NewRef(fut);
+    item->func = self->func;       /* the item takes the call's references */
+    item->args = self->args;
+    item->kwargs = self->kwargs;
+    self->func = self->args = self->kwargs = NULL;
+    if (pool_submit(st->pool, item) < 0) {
+        bridge_forget(item);
+        goto error;
+    }
+    Py_DECREF(loop);
+    self->fut = Py_NewRef(fut);
+    self->state = CALL_WAITING;
+    *result = fut;
+    return PYGEN_NEXT;
+
+error:
+    Py_XDECREF(loop);
+    Py_XDECREF(fut);
+    Py_CLEAR(self->func);
+    Py_CLEAR(self->args);
+    Py_CLEAR(self->kwargs);
+    return PYGEN_ERROR;
+}
+
+static PySendResult
+call_send(PyObject *op, PyObject *value, PyObject **result)
+{
+    CallObject *self = (CallObject *)op;
+    switch (self->state) {
+    case CALL_INIT:
+        if (value != Py_None) {
+            PyErr_SetString(PyExc_TypeError, "can't send non-None value to a just-started coroutine");
+            return PYGEN_ERROR;
+        }
+        return call_submit(self, result);
+    case CALL_WAITING: {
+        PyObject *fut = self->fut;
+        self->fut = NULL;
+        self->state = CALL_DONE;
+        PyObject *res = PyObject_CallMethodNoArgs(fut, call_state(self)->str_result);
+        if (res == NULL) {
+            /* Resumed before the future was settled: not by asyncio.  Give
+               up on the call rather than leave it unawaited. */
+            PyObject *cancel = PyObject_CallMethodNoArgs(fut, call_state(self)->str_cancel);
+            Py_XDECREF(cancel);
+            if (cancel == NULL) {
+                PyErr_WriteUnraisable(fut);
+            }
+            Py_DECREF(fut);
+            return PYGEN_ERROR;
+        }
+        Py_DECREF(fut);
+        *result = res;
+        return PYGEN_RETURN;
+    }
+    default:
+        PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited coroutine");
+        return PYGEN_ERROR;
+    }
+}
+
+static PySendResult
+call_throw(PyObject *op, PyObject *exc, PyObject **result)
+{
+    (void)result;
+    if (call_abandon((CallObject *)op) < 0) {
+        PyErr_WriteUnraisable(op);
+    }
+    bg_raise(exc);
+    return PYGEN_ERROR;
+}
+
+static int
+call_close(PyObject *op)
+{
+    return call_abandon((CallObject *)op);
+}
+
+static const bg_coro_ops call_ops = {call_send, call_throw, call_close};
+
+static int
+call_traverse(CallObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->func);
+    Py_VISIT(self->args);
+    Py_VISIT(self->kwargs);
+    Py_VISIT(self->fut);
+    return 0;
+}
+
+static int
+call_clear(CallObject *self)
+{
+    Py_CLEAR(self->func);
+    Py_CLEAR(self->args);
+    Py_CLEAR(self->kwargs);
+    Py_CLEAR(self->fut);
+    return 0;
+}
+
+static void
+call_finalize(CallObject *self)
+{
+    if (self->state != CALL_WAITING) {
+        return;
+    }
+    PyObject *exc = bg_fetch_exception();
+    if (call_abandon(self) < 0) {
+        PyErr_WriteUnraisable((PyObject *)self);
+    }
+    if (exc) {
+        bg_raise(exc);
+        Py_DECREF(exc);
+    }
+}
+
+static void
+call_dealloc(CallObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    if (PyObject_CallFinalizerFromDealloc((PyObject *)self) < 0) {
+        return;   /* resurrected */
+    }
+    PyObject_GC_UnTrack(self);
+    call_clear(self);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static PyType_Slot call_slots[] = {
+    BG_CORO_SLOTS,
+    {Py_tp_traverse, call_traverse},
+    {Py_tp_clear, call_clear},
+    {Py_tp_finalize, call_finalize},
+    {Py_tp_dealloc, call_dealloc},
+    {Py_tp_doc, "One await of a Task of a sync callable: runs it on the pool."},
+    {0, NULL},
+};
+
+static PyType_Spec call_spec = {
+    .name = "backgrounder.TaskCall",
+    .basicsize = sizeof(CallObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION
+             | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = call_slots,
+};
+
+PyObject *
+task_start(bg_state *st, PyObject *func, PyObject *args, PyObject *kwargs, int is_async)
+{
+    if (is_async) {
+        return PyObject_Call(func, args, kwargs);
+    }
+    if (pool_is_closed(st->pool)) {
+        PyErr_SetString(PyExc_RuntimeError, "backgrounder is shut down: it accepts no new work");
+        return NULL;
+    }
+    CallObject *call = PyObject_GC_New(CallObject, st->call_type);
+    if (call == NULL) {
+        return NULL;
+    }
+    call->base.ops = &call_ops;
+    call->func = Py_NewRef(func);
+    call->args = Py_NewRef(args);
+    call->kwargs = kwargs && PyDict_GET_SIZE(kwargs) ? Py_NewRef(kwargs) : NULL;
+    call->fut = NULL;
+    call->state = CALL_INIT;
+    PyObject_GC_Track(call);
+    return (PyObject *)call;
+}
+
+/* ---- Task ------------------------------------------------------------------ */
+
+static inline bg_state *
+task_state(PyObject *self)
+{
+    return get_state_by_type(Py_TYPE(self));
+}
+
+static int
+task_init(TaskObject *self, PyObject *args, PyObject *kwargs)
+{
+    bg_state *st = task_state((PyObject *)self);
+    if (st == NULL) {
+        return -1;
+    }
+    if (PyTuple_GET_SIZE(args) < 1) {
+        PyErr_SetString(PyExc_TypeError, "Task() missing required argument 'func' (pos 1)");
+        return -1;
+    }
+    PyObject *func = PyTuple_GET_ITEM(args, 0);
+    if (!PyCallable_Check(func)) {
+        PyErr_Format(PyExc_TypeError, "Task() argument 'func' must be callable, not %R", func);
+        return -1;
+    }
+    int is_async = bg_is_async_callable(st, func);
+    if (is_async < 0) {
+        return -1;
+    }
+    PyObject *rest = PyTuple_GetSlice(args, 1, PyTuple_GET_SIZE(args));
+    if (rest == NULL) {
+        return -1;
+    }
+    PyObject *kw = NULL;
+    if (kwargs && PyDict_GET_SIZE(kwargs)) {
+        kw = PyDict_Copy(kwargs);   /* Task(f, **d) must not alias d */
+        if (kw == NULL) {
+            Py_DECREF(rest);
+            return -1;
+        }
+    }
+    Py_XSETREF(self->func, Py_NewRef(func));
+    Py_XSETREF(self->args, rest);
+    Py_XSETREF(self->kwargs, kw);
+    self->is_async = is_async;
+    return 0;
+}
+
+static PyObject *
+task_call(TaskObject *self, PyObject *args, PyObject *kwargs)
+{
+    if (PyTuple_GET_SIZE(args) || (kwargs && PyDict_GET_SIZE(kwargs))) {
+        PyErr_SetString(PyExc_TypeError, "a Task is called with no arguments: task()");
+        return NULL;
+    }
+    if (self->func == NULL) {
+        PyErr_SetString(PyExc_TypeError, "the Task was not initialized: Task.__init__ was not called");
+        return NULL;
+    }
+    bg_state *st = task_state((PyObject *)self);
+    if (st == NULL) {
+        return NULL;
+    }
+    return task_start(st, self->func, self->args, self->kwargs, self->is_async);
+}
+
+PyObject *
+task_entry_call(bg_state *st, PyObject *entry)
+{
+    if (PyObject_TypeCheck(entry, st->task_type)) {
+        return PyObject_CallNoArgs(entry);
+    }
+    if (!PyCallable_Check(entry)) {
+        PyErr_Format(PyExc_TypeError, "Tasks entries must be Task objects or callables, not %R", entry);
+        return NULL;
+    }
+    PyObject *task = PyObject_CallOneArg((PyObject *)st->task_type, entry);
+    if (task == NULL) {
+        return NULL;
+    }
+    PyObject *aw = PyObject_CallNoArgs(task);
+    Py_DECREF(task);
+    return aw;
+}
+
+static PyObject *
+task_get_func(TaskObject *self, void *Py_UNUSED(closure))
+{
+    if (self->func == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "func");
+        return NULL;
+    }
+    return Py_NewRef(self->func);
+}
+
+static int
+task_set_func(TaskObject *self, PyObject *value, void *Py_UNUSED(closure))
+{
+    if (value == NULL || !PyCallable_Check(value)) {
+        PyErr_Format(PyExc_TypeError, "Task.func must be callable, not %R", value ? value : Py_None);
+        return -1;
+    }
+    bg_state *st = task_state((PyObject *)self);
+    int is_async = st ? bg_is_async_callable(st, value) : -1;
+    if (is_async < 0) {
+        return -1;
+    }
+    Py_XSETREF(self->func, Py_NewRef(value));
+    self->is_async = is_async;
+    return 0;
+}
+
+static PyObject *
+task_get_args(TaskObject *self, void *Py_UNUSED(closure))
+{
+    if (self->args == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "args");
+        return NULL;
+    }
+    return Py_NewRef(self->args);
+}
+
+static int
+task_set_args(TaskObject *self, PyObject *value, void *Py_UNUSED(closure))
+{
+    if (value == NULL || !PyTuple_Check(value)) {
+        PyErr_Format(PyExc_TypeError, "Task.args must be a tuple, not %R", value ? value : Py_None);
+        return -1;
+    }
+    Py_XSETREF(self->args, Py_NewRef(value));
+    return 0;
+}
+
+static PyObject *
+task_get_kwargs(TaskObject *self, void *Py_UNUSED(closure))
+{
+    if (self->args == NULL) {   /* not a Task's fields: a Tasks has none */
+        PyErr_SetString(PyExc_AttributeError, "kwargs");
+        return NULL;
+    }
+    if (self->kwargs == NULL) {
+        self->kwargs = PyDict_New();   /* kept: the caller may fill it in */
+        if (self->kwargs == NULL) {
+            return NULL;
+        }
+    }
+    return Py_NewRef(self->kwargs);
+}
+
+static int
+task_set_kwargs(TaskObject *self, PyObject *value, void *Py_UNUSED(closure))
+{
+    if (value == NULL || !PyDict_Check(value)) {
+        PyErr_Format(PyExc_TypeError, "Task.kwargs must be a dict, not %R", value ? value : Py_None);
+        return -1;
+    }
+    Py_XSETREF(self->kwargs, Py_NewRef(value));
+    return 0;
+}
+
+static PyGetSetDef task_getset[] = {
+    {"func", (getter)task_get_func, (setter)task_set_func, "The callable the task runs.", NULL},
+    {"args", (getter)task_get_args, (setter)task_set_args, "Its positional arguments (a tuple).", NULL},
+    {"kwargs", (getter)task_get_kwargs, (setter)task_set_kwargs, "Its keyword arguments (a dict).", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyObject *
+task_repr(TaskObject *self)
+{
+    PyObject *name = bg_type_name(Py_TYPE(self));
+    if (name == NULL) {
+        return NULL;
+    }
+    PyObject *kwargs = self->kwargs ? Py_NewRef(self->kwargs) : PyDict_New();
+    if (kwargs == NULL) {
+        Py_DECREF(name);
+        return NULL;
+    }
+    PyObject *repr = PyUnicode_FromFormat("%U(func=%R, args=%R, kwargs=%R)", name,
+                                          self->func ? self->func : Py_None,
+                                          self->args ? self->args : Py_None, kwargs);
+    Py_DECREF(kwargs);
+    Py_DECREF(name);
+    return repr;
+}
+
+static int
+task_traverse(TaskObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->func);
+    Py_VISIT(self->args);
+    Py_VISIT(self->kwargs);
+    return 0;
+}
+
+static int
+task_clear(TaskObject *self)
+{
+    Py_CLEAR(self->func);
+    Py_CLEAR(self->args);
+    Py_CLEAR(self->kwargs);
+    return 0;
+}
+
+static void
+task_dealloc(TaskObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    task_clear(self);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static PyMethodDef task_methods[] = {
+    {"__class_getitem__", Py_GenericAlias, METH_O | METH_CLASS,
+     "See PEP 585: Task[int] in annotations."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot task_slots[] = {
+    {Py_tp_init, task_init},
+    {Py_tp_new, PyType_GenericNew},
+    {Py_tp_call, task_call},
+    {Py_tp_repr, task_repr},
+    {Py_tp_getset, task_getset},
+    {Py_tp_methods, task_methods},
+    {Py_tp_traverse, task_traverse},
+    {Py_tp_clear, task_clear},
+    {Py_tp_dealloc, task_dealloc},
+    {Py_tp_doc,
+     "Task(func, /, *args, **kwargs)\n--\n\n"
+     "A call to run in the background: ``await task()`` runs ``func(*args, **kwargs)``\n"
+     "once and returns its value.  A sync callable runs on backgrounder's native\n"
+     "thread pool, in a copy of the caller's contextvars context; an async one\n"
+     "runs in the awaiting task.  Pass it as a response's ``background``."},
+    {0, NULL},
+};
+
+static PyType_Spec task_spec = {
+    .name = "backgrounder.Task",
+    .basicsize = sizeof(TaskObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE,
+    .slots = task_slots,
+};
+
+int
+task_init_types(PyObject *module, bg_state *st)
+{
+    st->task_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &task_spec, NULL);
+    if (st->task_type == NULL || PyModule_AddType(module, st->task_type) < 0) {
+        return -1;
+    }
+    st->call_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &call_spec, NULL);
+    if (st->call_type == NULL) {
+        return -1;
+    }
+    return 0;
+}
