@@ -636,6 +636,7 @@ intern_names(bg_state *st)
     INTERN(str_func, "func");
     INTERN(str_call, "__call__");
     INTERN(str_discard, "discard");
+    INTERN(str_name, "__name__");
 #undef INTERN
     return 0;
 }
@@ -755,6 +756,7 @@ module_clear(PyObject *module)
     Py_CLEAR(st->str_func);
     Py_CLEAR(st->str_call);
     Py_CLEAR(st->str_discard);
+    Py_CLEAR(st->str_name);
     return 0;
 }
 

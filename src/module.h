@@ -59,6 +59,7 @@ typedef struct {
     PyObject *str_func;
     PyObject *str_call;            /* "__call__" */
     PyObject *str_discard;
+    PyObject *str_name;            /* "__name__" */
 } bg_state;
 
 extern PyModuleDef bg_module_def;

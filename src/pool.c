@@ -454,7 +454,8 @@ worker_sleep(bg_pool *pool)
     int timed_out = 0;
     pool->nsearching--;
     pool->nidle++;
-    while (pool->tokens == 0 && !pool->closed && !timed_out) {
+    while (pool->tokens == 0 && !pool->closed && !timed_out
+           && pool->nworkers <= pool->max_workers) {
         timed_out = bg_cond_wait_until(&pool->work_cv, &pool->mu, deadline) == ETIMEDOUT;
     }
     pool->nidle--;
@@ -463,7 +464,7 @@ worker_sleep(bg_pool *pool)
         return 1;
     }
     pool->nsearching++;
-    return pool->closed || pool->head != NULL;
+    return pool->closed || pool->head != NULL || pool->nworkers > pool->max_workers;
 }
 
 static void *
@@ -476,6 +477,9 @@ worker_main(void *arg)
 
     bg_mutex_lock(&pool->mu);
     while (tstate != NULL) {
+        if (pool->nworkers > pool->max_workers) {
+            break;   /* configure() made the pool smaller */
+        }
         bg_item *item = queue_pop(pool);
         if (item == NULL) {
             /* Closed and empty: done.  Idle too long with nothing queued: retire. */
@@ -524,6 +528,7 @@ pool_configure(bg_pool *pool, Py_ssize_t max_workers, double idle_timeout)
     bg_mutex_lock(&pool->mu);
     if (max_workers > 0) {
         pool->max_workers = max_workers;
+        bg_cond_broadcast(&pool->work_cv);   /* workers above it retire */
     }
     if (idle_timeout > 0) {
         pool->idle_timeout = idle_timeout;

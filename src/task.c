@@ -444,11 +444,20 @@ call_clear(CallObject *self)
 static void
 call_finalize(CallObject *self)
 {
-    if (self->state != CALL_WAITING) {
+    if (self->state == CALL_DONE) {
         return;
     }
     PyObject *exc = bg_fetch_exception();
-    if (call_abandon(self) < 0) {
+    if (self->state == CALL_INIT) {
+        /* As for a coroutine: work handed over and dropped unawaited is a bug
+           in the caller, not something to lose without a word. */
+        if (PyErr_WarnFormat(PyExc_RuntimeWarning, 1, "backgrounder call of %R was never awaited",
+                             self->func) < 0) {
+            PyErr_WriteUnraisable((PyObject *)self);
+        }
+        self->state = CALL_DONE;
+    }
+    else if (call_abandon(self) < 0) {
         PyErr_WriteUnraisable((PyObject *)self);
     }
     if (exc) {
@@ -671,10 +680,29 @@ task_set_kwargs(TaskObject *self, PyObject *value, void *Py_UNUSED(closure))
     return 0;
 }
 
+static PyObject *
+task_get_name(TaskObject *self, void *Py_UNUSED(closure))
+{
+    bg_state *st = task_state((PyObject *)self);
+    if (st == NULL) {
+        return NULL;
+    }
+    if (self->func != NULL) {
+        PyObject *name;
+        int r = bg_getattr_optional(self->func, st->str_name, &name);
+        if (r < 0 || (r > 0 && PyUnicode_Check(name))) {
+            return name;
+        }
+        Py_XDECREF(name);
+    }
+    return bg_type_name(Py_TYPE(self));
+}
+
 static PyGetSetDef task_getset[] = {
     {"func", (getter)task_get_func, (setter)task_set_func, "The callable the task runs.", NULL},
     {"args", (getter)task_get_args, (setter)task_set_args, "Its positional arguments (a tuple).", NULL},
     {"kwargs", (getter)task_get_kwargs, (setter)task_set_kwargs, "Its keyword arguments (a dict).", NULL},
+    {"__name__", (getter)task_get_name, NULL, "The name of the callable (for inspect).", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -759,11 +787,54 @@ static PyType_Spec task_spec = {
     .slots = task_slots,
 };
 
+/* Makes a Task look like an `async def` function to inspect and asyncio
+   (inspect.iscoroutinefunction, asyncio.iscoroutinefunction), as 0.2.0's
+   `async def __call__` did: frameworks use those to decide to await
+   task() rather than run it in a thread and drop what it returns.  inspect
+   takes an object with __name__, __code__, __defaults__ and __kwdefaults__
+   for a function; the code is that of `async def __call__(self)`.
+   Returns 0 or -1. */
+static int
+task_mark_coroutine_function(PyTypeObject *tp)
+{
+    PyObject *module_code = NULL, *consts = NULL;
+    int r = -1;
+    module_code = Py_CompileString("async def __call__():\n    pass\n", "<backgrounder.Task>",
+                                   Py_file_input);
+    if (module_code == NULL) {
+        return -1;
+    }
+    consts = PyObject_GetAttrString(module_code, "co_consts");
+    if (consts == NULL || !PyTuple_Check(consts)) {
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(consts); i++) {
+        PyObject *code = PyTuple_GET_ITEM(consts, i);
+        if (PyCode_Check(code)) {
+            if (PyObject_SetAttrString((PyObject *)tp, "__code__", code) < 0
+                || PyObject_SetAttrString((PyObject *)tp, "__defaults__", Py_None) < 0
+                || PyObject_SetAttrString((PyObject *)tp, "__kwdefaults__", Py_None) < 0) {
+                goto done;
+            }
+            r = 0;
+            break;
+        }
+    }
+    if (r < 0) {
+        PyErr_SetString(PyExc_SystemError, "backgrounder: no code object to mark Task with");
+    }
+done:
+    Py_XDECREF(consts);
+    Py_DECREF(module_code);
+    return r;
+}
+
 int
 task_init_types(PyObject *module, bg_state *st)
 {
     st->task_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &task_spec, NULL);
-    if (st->task_type == NULL || PyModule_AddType(module, st->task_type) < 0) {
+    if (st->task_type == NULL || task_mark_coroutine_function(st->task_type) < 0
+        || PyModule_AddType(module, st->task_type) < 0) {
         return -1;
     }
     st->call_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &call_spec, NULL);

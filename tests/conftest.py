@@ -1,0 +1,101 @@
+"""Fixtures shared by the whole suite.
+
+`run` runs a coroutine to completion on a fresh event loop, once per loop
+kind ("asyncio", "uvloop"), so that every behaviour test that touches a loop
+is checked under both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+import pytest
+
+T = TypeVar("T")
+
+LoopFactory = Callable[[], asyncio.AbstractEventLoop]
+Run = Callable[[Coroutine[Any, Any, T]], T]
+
+
+def _asyncio_loop() -> asyncio.AbstractEventLoop:
+    # The class itself rather than asyncio.new_event_loop(), so that an
+    # event loop policy installed by someone (uvloop.install()) cannot
+    # turn the "asyncio" runs into uvloop runs.
+    return asyncio.SelectorEventLoop()
+
+
+def _uvloop_loop() -> asyncio.AbstractEventLoop:
+    import uvloop
+
+    return uvloop.new_event_loop()
+
+
+LOOP_FACTORIES: dict[str, LoopFactory] = {
+    "asyncio": _asyncio_loop,
+    "uvloop": _uvloop_loop,
+}
+
+
+def _cancel_all_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel what the coroutine left running, as asyncio.run() does."""
+    to_cancel = asyncio.all_tasks(loop)
+    if not to_cancel:
+        return
+    for task in to_cancel:
+        task.cancel()
+    loop.run_until_complete(asyncio.gather(*to_cancel, return_exceptions=True))
+    for task in to_cancel:
+        if task.cancelled():
+            continue
+        if task.exception() is not None:
+            loop.call_exception_handler(
+                {
+                    "message": "unhandled exception during test loop shutdown",
+                    "exception": task.exception(),
+                    "task": task,
+                }
+            )
+
+
+def run_on(factory: LoopFactory, coro: Coroutine[Any, Any, T]) -> T:
+    """Run `coro` to completion on a new loop from `factory`; always close it."""
+    if sys.version_info >= (3, 12):
+        with asyncio.Runner(loop_factory=factory) as runner:
+            return runner.run(coro)
+    loop = factory()
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        try:
+            _cancel_all_tasks(loop)
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            loop.close()
+
+
+@pytest.fixture(params=sorted(LOOP_FACTORIES))
+def loop_kind(request: pytest.FixtureRequest) -> str:
+    """The name of the event loop kind the test runs under."""
+    return request.param
+
+
+@pytest.fixture
+def loop_factory(loop_kind: str) -> LoopFactory:
+    """A callable that makes a new event loop of this kind."""
+    if loop_kind == "uvloop":
+        pytest.importorskip("uvloop")
+    return LOOP_FACTORIES[loop_kind]
+
+
+@pytest.fixture
+def run(loop_factory: LoopFactory) -> Run[Any]:
+    """`run(coro)` runs `coro` on a fresh loop of this kind and returns its result."""
+
+    def run(coro: Coroutine[Any, Any, T]) -> T:
+        return run_on(loop_factory, coro)
+
+    return run

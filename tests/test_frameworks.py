@@ -1,0 +1,670 @@
+"""backgrounder's Task and Tasks as the `background` of a response.
+
+Each framework (Starlette, FastAPI, Esmerald, Lilya) awaits `background()`
+after it has sent the response body. These tests drive real applications
+through httpx's ASGITransport inside the `run` fixture (so under asyncio and
+uvloop) and through each framework's own test client, and check that the
+work ran after the response, with its arguments, on the right thread, and
+that its failures reach the caller. The last tests use a Task with anyio's
+task groups directly, as Lilya's `Tasks(as_group=True)` and many apps do.
+"""
+
+# No `from __future__ import annotations` here: Esmerald reads the handler's
+# return annotation at runtime, and a string annotation makes it replace the
+# returned response's `background` with the route's (None).
+
+import asyncio
+import logging
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import esmerald
+import esmerald.testclient
+import fastapi
+import fastapi.responses
+import fastapi.testclient
+import httpx
+import lilya.apps
+import lilya.background
+import lilya.responses
+import lilya.routing
+import lilya.testclient
+import pytest
+import starlette.applications
+import starlette.responses
+import starlette.routing
+import starlette.testclient
+
+from backgrounder import Task, Tasks
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import ExceptionGroup
+
+ASGIApp = Callable[[dict, Callable, Callable], Awaitable[None]]
+MakeBackground = Callable[[], Any]
+
+SENT = "response sent"
+WAIT = 5.0  # seconds: bound on every wait between threads
+
+
+# -- what the background work records ------------------------------------
+
+
+@dataclass(frozen=True)
+class ThreadInfo:
+    ident: int
+    comm: str  # the OS thread name, from /proc
+    dummy: bool  # threading.current_thread() is a _DummyThread
+
+
+def loop_kind_of(loop: asyncio.AbstractEventLoop) -> str:
+    return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
+
+
+def current_thread_info() -> ThreadInfo:
+    native_id = threading.get_native_id()
+    with open(f"/proc/self/task/{native_id}/comm") as f:
+        comm = f.read().strip()
+    return ThreadInfo(
+        ident=threading.get_ident(),
+        comm=comm,
+        dummy=isinstance(threading.current_thread(), threading._DummyThread),
+    )
+
+
+@dataclass(frozen=True)
+class Call:
+    name: str
+    args: tuple
+    kwargs: dict
+    thread: ThreadInfo
+    loop: asyncio.AbstractEventLoop | None  # the running loop, for async work
+
+
+class Boom(Exception):
+    pass
+
+
+class Recorder:
+    """Background work that records its calls, and the request that made it."""
+
+    def __init__(self) -> None:
+        self.events: list[Any] = []  # SENT and Call entries, in order
+        self.handler_thread: int | None = None
+        self.handler_loop: asyncio.AbstractEventLoop | None = None
+
+    def sync(self, name: str, *args: Any, **kwargs: Any) -> str:
+        self.events.append(Call(name, args, kwargs, current_thread_info(), None))
+        return name
+
+    async def async_(self, name: str, *args: Any, **kwargs: Any) -> str:
+        await asyncio.sleep(0)
+        loop = asyncio.get_running_loop()
+        self.events.append(Call(name, args, kwargs, current_thread_info(), loop))
+        return name
+
+    def fail(self, name: str) -> None:
+        self.events.append(Call(name, (), {}, current_thread_info(), None))
+        raise Boom(name)
+
+    async def async_fail(self, name: str) -> None:
+        await asyncio.sleep(0)
+        self.events.append(Call(name, (), {}, current_thread_info(), None))
+        raise Boom(name)
+
+    def names(self) -> list[str]:
+        return [e if isinstance(e, str) else e.name for e in self.events]
+
+    def calls(self) -> list[Call]:
+        return [e for e in self.events if isinstance(e, Call)]
+
+    def in_handler(self, make_background: MakeBackground) -> MakeBackground:
+        """Wrap `make_background` to note the handler's thread and loop."""
+
+        def make() -> Any:
+            self.handler_thread = threading.get_ident()
+            self.handler_loop = asyncio.get_running_loop()
+            return make_background()
+
+        return make
+
+
+def recording_sent(app: ASGIApp, recorder: Recorder) -> ASGIApp:
+    """Wrap an ASGI app to record SENT once the last body message is sent."""
+
+    async def wrapped(scope: dict, receive: Callable, send: Callable) -> None:
+        async def send_and_record(message: dict) -> None:
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                recorder.events.append(SENT)
+
+        await app(scope, receive, send_and_record)
+
+    return wrapped
+
+
+# -- one application per framework: GET / answers "ok" with a background --
+
+
+def starlette_app(make_background: MakeBackground) -> ASGIApp:
+    async def endpoint(request: Any) -> starlette.responses.Response:
+        return starlette.responses.PlainTextResponse("ok", background=make_background())
+
+    return starlette.applications.Starlette(routes=[starlette.routing.Route("/", endpoint)])
+
+
+def fastapi_app(make_background: MakeBackground) -> ASGIApp:
+    app = fastapi.FastAPI(openapi_url=None)
+
+    @app.get("/")
+    async def endpoint() -> fastapi.responses.PlainTextResponse:
+        return fastapi.responses.PlainTextResponse("ok", background=make_background())
+
+    return app
+
+
+def esmerald_app(make_background: MakeBackground) -> ASGIApp:
+    # The return annotation matters: for a handler whose annotation is not a
+    # Response class (none, or a string), Esmerald replaces the returned
+    # response's `background` with the route's (`@get(background=...)`).
+    @esmerald.get("/")
+    async def endpoint() -> esmerald.Response:
+        return esmerald.Response("ok", media_type="text/plain", background=make_background())
+
+    return esmerald.Esmerald(routes=[esmerald.Gateway(handler=endpoint)], enable_openapi=False)
+
+
+def lilya_app(make_background: MakeBackground) -> ASGIApp:
+    async def endpoint() -> lilya.responses.Response:
+        return lilya.responses.PlainText("ok", background=make_background())
+
+    return lilya.apps.Lilya(routes=[lilya.routing.Path("/", endpoint)])
+
+
+FRAMEWORKS: dict[str, Callable[[MakeBackground], ASGIApp]] = {
+    "starlette": starlette_app,
+    "fastapi": fastapi_app,
+    "esmerald": esmerald_app,
+    "lilya": lilya_app,
+}
+
+TEST_CLIENTS: dict[str, Callable[..., Any]] = {
+    "starlette": starlette.testclient.TestClient,
+    "fastapi": fastapi.testclient.TestClient,
+    "esmerald": esmerald.testclient.EsmeraldTestClient,
+    "lilya": lilya.testclient.TestClient,
+}
+
+
+@pytest.fixture(autouse=True)
+def restore_root_logger() -> Iterator[None]:
+    # Building an Esmerald app runs logging.config.dictConfig: a stderr
+    # handler and level INFO on the root logger. Undo it for later tests.
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.fixture(params=list(FRAMEWORKS))
+def framework(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+def serve(framework: str, recorder: Recorder) -> Callable[[MakeBackground], ASGIApp]:
+    """`serve(make_background)`: this framework's app, recording SENT."""
+
+    def serve(make_background: MakeBackground) -> ASGIApp:
+        app = FRAMEWORKS[framework](recorder.in_handler(make_background))
+        return recording_sent(app, recorder)
+
+    return serve
+
+
+def task_error(framework: str, excinfo: pytest.ExceptionInfo) -> BaseException:
+    """The exception of the background work, as the app let it out."""
+    exc = excinfo.value
+    if framework == "esmerald":
+        # Esmerald's exception middleware answers every exception with a 500
+        # response, also one raised after the response was sent: the test
+        # client then fails on the second "http.response.start" message
+        # (uvicorn would raise RuntimeError), the task's exception chained to
+        # it as __context__.
+        assert isinstance(exc, AssertionError)
+        exc = exc.__context__
+    return exc
+
+
+async def get(app: ASGIApp, path: str = "/", times: int = 1) -> list[httpx.Response]:
+    """GET `path` `times` times through httpx's ASGITransport, on this loop."""
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        return [await client.get(path) for _ in range(times)]
+
+
+def assert_ok(responses: list[httpx.Response]) -> None:
+    assert [(r.status_code, r.text) for r in responses] == [(200, "ok")] * len(responses)
+
+
+# -- a Task as the background of a response ------------------------------
+
+
+def test_sync_task_runs_after_response_with_its_args_and_kwargs(run, serve, recorder):
+    app = serve(lambda: Task(recorder.sync, "welcome", 42, email="a@b.c"))
+
+    assert_ok(run(get(app)))
+
+    assert recorder.names() == [SENT, "welcome"]
+    [call] = recorder.calls()
+    assert (call.args, call.kwargs) == ((42,), {"email": "a@b.c"})
+
+
+def test_async_task_runs_after_response_with_its_args_and_kwargs(run, serve, recorder):
+    app = serve(lambda: Task(recorder.async_, "welcome", 42, email="a@b.c"))
+
+    assert_ok(run(get(app)))
+
+    assert recorder.names() == [SENT, "welcome"]
+    [call] = recorder.calls()
+    assert (call.args, call.kwargs) == ((42,), {"email": "a@b.c"})
+
+
+def test_sync_task_runs_on_a_native_pool_thread(run, serve, recorder):
+    app = serve(lambda: Task(recorder.sync, "work"))
+
+    run(get(app))
+
+    [call] = recorder.calls()
+    assert call.thread.comm == "backgrounder"
+    assert call.thread.dummy
+    assert call.thread.ident != recorder.handler_thread
+
+
+def test_async_task_runs_on_the_loop_thread(run, loop_kind, serve, recorder):
+    app = serve(lambda: Task(recorder.async_, "work"))
+
+    run(get(app))
+
+    [call] = recorder.calls()
+    assert call.thread.ident == recorder.handler_thread == threading.get_ident()
+    assert call.loop is recorder.handler_loop
+    assert loop_kind_of(call.loop) == loop_kind
+
+
+def test_same_task_runs_once_per_response(run, serve, recorder):
+    task = Task(recorder.sync, "work")
+    app = serve(lambda: task)
+
+    assert_ok(run(get(app, times=3)))
+
+    assert recorder.names() == [SENT, "work"] * 3
+
+
+def test_sync_task_error_propagates_out_of_the_app(run, framework, serve, recorder):
+    app = serve(lambda: Task(recorder.fail, "failing work"))
+
+    with pytest.raises(Exception) as excinfo:
+        run(get(app))
+
+    error = task_error(framework, excinfo)
+    assert (type(error), str(error)) == (Boom, "failing work")
+
+    assert recorder.names() == [SENT, "failing work"]
+
+
+def test_async_task_error_propagates_out_of_the_app(run, framework, serve, recorder):
+    app = serve(lambda: Task(recorder.async_fail, "failing work"))
+
+    with pytest.raises(Exception) as excinfo:
+        run(get(app))
+
+    error = task_error(framework, excinfo)
+    assert (type(error), str(error)) == (Boom, "failing work")
+
+    assert recorder.names() == [SENT, "failing work"]
+
+
+# -- Tasks as the background of a response -------------------------------
+
+
+def test_tasks_run_in_order_after_response(run, serve, recorder):
+    app = serve(
+        lambda: Tasks(
+            [
+                Task(recorder.sync, "first", 1),
+                Task(recorder.async_, "second", key="v"),
+                Task(recorder.sync, "third"),
+            ]
+        )
+    )
+
+    assert_ok(run(get(app)))
+
+    assert recorder.names() == [SENT, "first", "second", "third"]
+    assert [(c.args, c.kwargs) for c in recorder.calls()] == [
+        ((1,), {}),
+        ((), {"key": "v"}),
+        ((), {}),
+    ]
+
+
+def test_tasks_built_with_add_task_run_in_order_after_response(run, serve, recorder):
+    def make() -> Tasks:
+        tasks = Tasks()
+        tasks.add_task(recorder.async_, "first", 1)
+        tasks.add_task(recorder.sync, "second", key="v")
+        return tasks
+
+    app = serve(make)
+
+    assert_ok(run(get(app)))
+
+    assert recorder.names() == [SENT, "first", "second"]
+    assert [(c.args, c.kwargs) for c in recorder.calls()] == [((1,), {}), ((), {"key": "v"})]
+
+
+def test_tasks_error_stops_the_later_tasks_and_propagates(run, framework, serve, recorder):
+    app = serve(
+        lambda: Tasks(
+            [
+                Task(recorder.sync, "first"),
+                Task(recorder.fail, "failing"),
+                Task(recorder.sync, "never"),
+            ]
+        )
+    )
+
+    with pytest.raises(Exception) as excinfo:
+        run(get(app))
+
+    error = task_error(framework, excinfo)
+    assert (type(error), str(error)) == (Boom, "failing")
+    assert recorder.names() == [SENT, "first", "failing"]
+
+
+def test_tasks_as_group_run_concurrently_after_response(run, serve, recorder):
+    # Each task waits for the other at the barrier: run one after the
+    # other, the first would break the barrier after WAIT seconds.
+    def make() -> Tasks:
+        barrier = threading.Barrier(2, timeout=WAIT)
+
+        def meet(name: str) -> None:
+            barrier.wait()
+            recorder.sync(name)
+
+        return Tasks([Task(meet, "left"), Task(meet, "right")], as_group=True)
+
+    app = serve(make)
+
+    assert_ok(run(get(app)))
+
+    assert recorder.names()[0] == SENT
+    assert sorted(recorder.names()[1:]) == ["left", "right"]
+    assert all(c.thread.comm == "backgrounder" for c in recorder.calls())
+
+
+def test_tasks_as_group_error_propagates_as_exception_group(run, framework, serve, recorder):
+    app = serve(
+        lambda: Tasks(
+            [Task(recorder.async_, "fine"), Task(recorder.fail, "failing")], as_group=True
+        )
+    )
+
+    with pytest.raises(Exception) as excinfo:
+        run(get(app))
+
+    error = task_error(framework, excinfo)
+    assert isinstance(error, ExceptionGroup)
+    assert [(type(e), str(e)) for e in error.exceptions] == [(Boom, "failing")]
+    assert recorder.names()[0] == SENT
+
+
+# -- through each framework's own (synchronous) test client --------------
+
+
+@pytest.fixture
+def framework_client(framework: str, loop_factory: Callable[[], Any]) -> Callable[[ASGIApp], Any]:
+    """`framework_client(app)`: the framework's TestClient, on this loop kind."""
+
+    def make(app: ASGIApp) -> Any:
+        options = {"loop_factory": loop_factory}
+        return TEST_CLIENTS[framework](app, backend="asyncio", backend_options=options)
+
+    return make
+
+
+def test_test_client_response_is_followed_by_sync_task_on_pool_thread(
+    framework_client, serve, recorder
+):
+    app = serve(lambda: Task(recorder.sync, "welcome", email="a@b.c"))
+
+    response = framework_client(app).get("/")
+
+    assert (response.status_code, response.text) == (200, "ok")
+    assert recorder.names() == [SENT, "welcome"]
+    [call] = recorder.calls()
+    assert call.kwargs == {"email": "a@b.c"}
+    assert call.thread.comm == "backgrounder"
+    assert call.thread.ident not in (recorder.handler_thread, threading.get_ident())
+
+
+def test_test_client_response_is_followed_by_async_task_on_loop_thread(
+    framework_client, loop_kind, serve, recorder
+):
+    app = serve(lambda: Task(recorder.async_, "welcome", email="a@b.c"))
+
+    response = framework_client(app).get("/")
+
+    assert (response.status_code, response.text) == (200, "ok")
+    assert recorder.names() == [SENT, "welcome"]
+    [call] = recorder.calls()
+    assert call.kwargs == {"email": "a@b.c"}
+    assert call.thread.ident == recorder.handler_thread
+    assert call.loop is recorder.handler_loop
+    assert loop_kind_of(call.loop) == loop_kind
+
+
+def test_test_client_raises_the_task_error(framework, framework_client, serve, recorder):
+    app = serve(lambda: Task(recorder.fail, "failing work"))
+
+    with pytest.raises(Exception) as excinfo:
+        framework_client(app).get("/")
+
+    error = task_error(framework, excinfo)
+    assert (type(error), str(error)) == (Boom, "failing work")
+
+    assert recorder.names() == [SENT, "failing work"]
+
+
+# -- framework-specific ways to attach background work -------------------
+
+
+def test_esmerald_route_level_background_task_runs_after_each_response(run, recorder):
+    @esmerald.get("/", background=Task(recorder.sync, "work", key="v"))
+    async def endpoint() -> dict:
+        return {"ok": True}
+
+    app = esmerald.Esmerald(routes=[esmerald.Gateway(handler=endpoint)], enable_openapi=False)
+
+    responses = run(get(recording_sent(app, recorder), times=2))
+
+    assert [r.json() for r in responses] == [{"ok": True}] * 2
+    assert recorder.names() == [SENT, "work"] * 2
+    assert all(c.kwargs == {"key": "v"} for c in recorder.calls())
+
+
+def test_fastapi_background_tasks_dependency_runs_a_task_added_to_it(run, recorder):
+    # FastAPI wraps what add_task gets in Starlette's BackgroundTask, which
+    # awaits it only if is_async_callable(task); otherwise it calls task()
+    # in a thread and drops the result. backgrounder 0.2.0's Task passed.
+    app = fastapi.FastAPI(openapi_url=None)
+
+    @app.get("/")
+    async def endpoint(background_tasks: fastapi.BackgroundTasks) -> dict:
+        background_tasks.add_task(Task(recorder.sync, "work", key="v"))
+        return {"ok": True}
+
+    [response] = run(get(recording_sent(app, recorder)))
+
+    assert response.json() == {"ok": True}
+    assert recorder.names() == [SENT, "work"]
+
+
+def test_lilya_tasks_add_task_runs_a_task_given_to_it(run, recorder):
+    # Lilya's (and so Esmerald's) Task(func) awaits func() only if
+    # lilya.compat.is_async_callable(func), i.e. inspect.iscoroutinefunction
+    # of func or of func.__call__; otherwise it calls func() in a thread and
+    # drops the result. backgrounder 0.2.0's Task passed.
+    def make() -> Any:
+        tasks = lilya.background.Tasks()
+        tasks.add_task(Task(recorder.sync, "work", key="v"))
+        return tasks
+
+    app = lilya_app(make)
+
+    assert_ok(run(get(recording_sent(app, recorder))))
+
+    assert recorder.names() == [SENT, "work"]
+
+
+def test_lilya_tasks_as_group_run_backgrounder_tasks(run, recorder):
+    # Lilya's own Tasks(as_group=True) starts each item with anyio's
+    # task_group.start_soon(item).
+    def make() -> Any:
+        barrier = threading.Barrier(2, timeout=WAIT)
+
+        def meet(name: str) -> None:
+            barrier.wait()
+            recorder.sync(name)
+
+        return lilya.background.Tasks([Task(meet, "left"), Task(meet, "right")], as_group=True)
+
+    app = lilya_app(make)
+
+    assert_ok(run(get(recording_sent(app, recorder))))
+
+    assert recorder.names()[0] == SENT
+    assert sorted(recorder.names()[1:]) == ["left", "right"]
+
+
+# -- a Task started in an anyio task group -------------------------------
+
+
+def test_anyio_start_soon_runs_a_sync_task_on_a_pool_thread(run, recorder):
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(Task(recorder.sync, "work", 1, key="v"))
+
+    run(main())
+
+    [call] = recorder.calls()
+    assert (call.name, call.args, call.kwargs) == ("work", (1,), {"key": "v"})
+    assert call.thread.comm == "backgrounder"
+    assert call.thread.ident != threading.get_ident()
+
+
+def test_anyio_start_soon_runs_an_async_task_on_the_loop(run, recorder):
+    async def main() -> asyncio.AbstractEventLoop:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(Task(recorder.async_, "work", 1, key="v"))
+        return asyncio.get_running_loop()
+
+    loop = run(main())
+
+    [call] = recorder.calls()
+    assert (call.name, call.args, call.kwargs) == ("work", (1,), {"key": "v"})
+    assert call.thread.ident == threading.get_ident()
+    assert call.loop is loop
+
+
+def test_anyio_start_soon_runs_tasks(run, recorder):
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(Tasks([Task(recorder.sync, "first"), Task(recorder.async_, "second")]))
+
+    run(main())
+
+    assert recorder.names() == ["first", "second"]
+
+
+def test_anyio_task_group_raises_the_task_error_in_an_exception_group(run, recorder):
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(Task(recorder.fail, "failing work"))
+
+    with pytest.raises(ExceptionGroup) as excinfo:
+        run(main())
+
+    assert excinfo.group_contains(Boom, match="failing work")
+
+
+def test_anyio_cancel_does_not_wait_for_a_running_sync_task(run):
+    # A sync call already running finishes on its thread; the awaiting
+    # task is cancelled at once and the call's result is dropped.
+    started = threading.Event()
+    release = threading.Event()
+    finished = threading.Event()
+
+    def block() -> None:
+        started.set()
+        release.wait(WAIT)
+        finished.set()
+
+    async def main() -> float:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(Task(block))
+            with anyio.fail_after(WAIT):
+                while not started.is_set():
+                    await anyio.sleep(0.001)
+            t0 = time.monotonic()
+            tg.cancel_scope.cancel()
+        return time.monotonic() - t0
+
+    try:
+        elapsed = run(main())
+        assert not finished.is_set()
+    finally:
+        release.set()
+    assert elapsed < WAIT / 2
+    assert finished.wait(WAIT)
+
+
+def test_anyio_sibling_failure_cancels_a_running_sync_task(run):
+    started = threading.Event()
+    release = threading.Event()
+
+    def block() -> None:
+        started.set()
+        release.wait(WAIT)
+
+    async def fail_when_started() -> None:
+        with anyio.fail_after(WAIT):
+            while not started.is_set():
+                await anyio.sleep(0.001)
+        raise Boom("sibling")
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(Task(block))
+            tg.start_soon(fail_when_started)
+
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(ExceptionGroup) as excinfo:
+            run(main())
+    finally:
+        release.set()
+    assert time.monotonic() - t0 < WAIT / 2
+    assert [type(e) for e in excinfo.value.exceptions] == [Boom]
