@@ -7,8 +7,9 @@ pool, an async one is awaited); the rest are thin wrappers over it.
 import asyncio
 from collections.abc import Callable, Coroutine
 from concurrent import futures
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
 
+from ._backgrounder import _loop_runner
 from ._backgrounder import run_in_threadpool as run_in_threadpool
 from ._compat import is_async_callable
 
@@ -21,14 +22,22 @@ _T2 = TypeVar("_T2")
 def run_sync(async_function: Coroutine[Any, Any, T]) -> T:
     """Runs a coroutine to completion from sync code and returns its result.
 
-    With no event loop running in this thread, it runs on a fresh loop here;
-    inside a running loop (a sync function called from async code), it runs on
-    a loop of its own in another thread while this one waits.
+    With no event loop running in this thread, it runs on a fresh loop here.
+    Inside a running loop (sync code called from async code), it runs on
+    backgrounder's own loop thread while this thread waits: no nest_asyncio,
+    and the running loop is left alone.
     """
     try:
-        asyncio.get_running_loop()
+        running = asyncio.get_running_loop()
     except RuntimeError:
         return asyncio.run(async_function)
+    try:
+        runner = _loop_runner()
+    except RuntimeError:  # shut down: a loop of its own on a thread of its own
+        runner = None
+    if runner is not None and runner.loop is not running:
+        return cast(T, runner.run(async_function))
+    # Called on backgrounder's own loop: waiting for it there would block it.
     with futures.ThreadPoolExecutor(max_workers=1) as executor:
         return executor.submit(asyncio.run, async_function).result()
 

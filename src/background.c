@@ -1054,7 +1054,20 @@ error:
     return NULL;
 }
 
+static PyObject *
+bg_loop_runner(PyObject *module, PyObject *Py_UNUSED(ignored))
+{
+    bg_state *st = get_state(module);
+    if (pool_is_closed(st->pool)) {
+        PyErr_SetString(PyExc_RuntimeError, "backgrounder is shut down: it accepts no new work");
+        return NULL;
+    }
+    return Py_XNewRef(loop_runner(st));
+}
+
 static PyMethodDef background_functions[] = {
+    {"_loop_runner", bg_loop_runner, METH_NOARGS,
+     "backgrounder's own loop thread (backgrounder._loop.LoopThread), started on first use."},
     {"background", bg_background, METH_O,
      "background(fn, /)\n--\n\n"
      "Decorator: calling fn starts it in the background at once and returns a\n"

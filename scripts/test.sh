@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs backgrounder (built with warnings as errors) and its test
+# dependencies into a virtualenv, then runs the test suite.
+#
+#   bash scripts/test.sh                      # python3, .venv, the whole suite
+#   PYTHON=python3.13 VENV=.venv-313 bash scripts/test.sh -m "not typing"
+#
+# TYPING=0 leaves out mypy and pyright (then deselect the typing tests with
+# -m "not typing" rather than let them skip).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+TYPING=${TYPING:-1}
+
+if [ ! -x "$VENV/bin/python" ]; then
+    "$PYTHON" -m venv "$VENV"
+fi
+pip_install() { "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$@"; }
+
+reqs=(-r requirements/test.txt -r requirements/django.txt)
+if [ "$TYPING" = 1 ]; then
+    reqs+=(-r requirements/typing.txt)
+fi
+pip_install "${reqs[@]}"
+"$VENV/bin/python" -m pip uninstall --quiet --yes backgrounder >/dev/null 2>&1 || true
+BACKGROUNDER_WERROR=1 pip_install .
+
+# The pytest executable, not `python -m pytest`: the source tree must not
+# shadow the installed package.
+exec "$VENV/bin/pytest" "$@"
