@@ -17,7 +17,12 @@ TYPING=${TYPING:-1}
 if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
 fi
-pip_install() { "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$@"; }
+# pip, without the lines this machine's pip.conf adds for absent local indexes.
+pip_install() {
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$@" 2>&1 \
+        | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+    return "${PIPESTATUS[0]}"
+}
 
 reqs=(-r requirements/test.txt -r requirements/django.txt)
 if [ "$TYPING" = 1 ]; then

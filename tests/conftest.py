@@ -8,6 +8,7 @@ is checked under both.
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -75,6 +76,18 @@ def run_on(factory: LoopFactory, coro: Coroutine[Any, Any, T]) -> T:
             loop.run_until_complete(loop.shutdown_default_executor())
         finally:
             loop.close()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _outside_the_source_tree(tmp_path_factory: pytest.TempPathFactory):
+    """Tests run from an empty directory.  A subprocess started as `python -c`
+    puts its working directory first on sys.path; from the repository root
+    that is the source tree, whose backgrounder package has no built
+    extension, and it would shadow the installed one."""
+    here = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    yield
+    os.chdir(here)
 
 
 @pytest.fixture(params=sorted(LOOP_FACTORIES))
