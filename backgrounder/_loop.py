@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import sys
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -99,3 +100,19 @@ class LoopThread:
         if wait and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
         return not self._thread.is_alive()
+
+
+def ends_with_the_call(loop: asyncio.AbstractEventLoop) -> bool:
+    """True for an event loop that asgiref's async_to_sync made for one call.
+
+    Django's sync handler (WSGI, the test Client) runs an async view that
+    way: the loop is closed, and its pending tasks are cancelled, as soon as
+    the view returns.  Background work started there would die with the
+    request, so it goes to backgrounder's own loop instead.
+    """
+    sync = sys.modules.get("asgiref.sync")
+    executors = getattr(getattr(sync, "AsyncToSync", None), "loop_thread_executors", None)
+    try:
+        return isinstance(executors, dict) and loop in executors
+    except TypeError:
+        return False

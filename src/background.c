@@ -788,8 +788,38 @@ loop_runner(bg_state *st)
     return st->loop_runner;
 }
 
-/* Starts an async call: on the running loop if there is one, else on
-   backgrounder's loop thread.  Returns 0, or -1 with an exception set. */
+/* Returns 1 if `loop` is one that asgiref's async_to_sync made for a single
+   call (Django's sync handler running an async view), which dies with the
+   request; 0 if not (always when asgiref is not imported); -1 on error. */
+static int
+loop_ends_with_the_call(PyObject *loop)
+{
+    PyObject *name = PyUnicode_FromString("asgiref.sync");
+    if (name == NULL) {
+        return -1;
+    }
+    PyObject *asgiref = PyImport_GetModule(name);
+    Py_DECREF(name);
+    if (asgiref == NULL) {
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    Py_DECREF(asgiref);
+    PyObject *res = NULL, *mod = PyImport_ImportModule("backgrounder._loop");
+    if (mod != NULL) {
+        res = PyObject_CallMethod(mod, "ends_with_the_call", "O", loop);
+        Py_DECREF(mod);
+    }
+    if (res == NULL) {
+        return -1;
+    }
+    int r = PyObject_IsTrue(res);
+    Py_DECREF(res);
+    return r;
+}
+
+/* Starts an async call: on the running loop if there is one (unless that
+   loop ends with the current call), else on backgrounder's loop thread.
+   Returns 0, or -1 with an exception set. */
 static int
 start_async(bg_state *st, HandleObject *h, PyObject *func, PyObject *args, PyObject *kwargs)
 {
@@ -801,6 +831,15 @@ start_async(bg_state *st, HandleObject *h, PyObject *func, PyObject *args, PyObj
             goto done;
         }
         PyErr_Clear();
+    }
+    else {
+        int ends = loop_ends_with_the_call(loop);
+        if (ends < 0) {
+            goto done;
+        }
+        if (ends) {
+            Py_CLEAR(loop);
+        }
     }
     coro = PyObject_Call(func, args, kwargs);
     done = PyCFunction_New(&handle_settle_from_def, (PyObject *)h);
