@@ -10,6 +10,7 @@
  */
 #include "task.h"
 #include "bridge.h"
+#include <structmember.h>
 
 /* ---- the coroutine protocol ------------------------------------------------ */
 
@@ -586,6 +587,79 @@ task_call(TaskObject *self, PyObject *args, PyObject *kwargs)
     return task_start(st, self->func, self->args, self->kwargs, self->is_async);
 }
 
+/* task() through vectorcall (exact Task instances): no tuple, no dict. */
+static PyObject *
+task_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    (void)args;
+    TaskObject *self = (TaskObject *)op;
+    if (PyVectorcall_NARGS(nargsf) || (kwnames && PyTuple_GET_SIZE(kwnames))) {
+        PyErr_SetString(PyExc_TypeError, "a Task is called with no arguments: task()");
+        return NULL;
+    }
+    bg_state *st = (bg_state *)PyType_GetModuleState(Py_TYPE(self));
+    return task_start(st, self->func, self->args, self->kwargs, self->is_async);
+}
+
+/* Task(func, *args, **kwargs) through vectorcall.  Set on the Task type
+   alone (tp_vectorcall is not inherited): subclasses go through tp_new and
+   __init__ as usual. */
+static PyObject *
+task_vectorcall_new(PyObject *type, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    PyTypeObject *tp = (PyTypeObject *)type;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    PyObject *rest = NULL, *kw = NULL;
+    if (nargs < 1) {
+        PyErr_SetString(PyExc_TypeError, "Task() missing required argument 'func' (pos 1)");
+        return NULL;
+    }
+    PyObject *func = args[0];
+    if (!PyCallable_Check(func)) {
+        PyErr_Format(PyExc_TypeError, "Task() argument 'func' must be callable, not %R", func);
+        return NULL;
+    }
+    bg_state *st = (bg_state *)PyType_GetModuleState(tp);
+    int is_async = bg_is_async_callable(st, func);
+    if (is_async < 0) {
+        return NULL;
+    }
+    rest = PyTuple_New(nargs - 1);
+    if (rest == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 1; i < nargs; i++) {
+        PyTuple_SET_ITEM(rest, i - 1, Py_NewRef(args[i]));
+    }
+    if (nkw) {
+        kw = PyDict_New();
+        if (kw == NULL) {
+            goto error;
+        }
+        for (Py_ssize_t i = 0; i < nkw; i++) {
+            if (PyDict_SetItem(kw, PyTuple_GET_ITEM(kwnames, i), args[nargs + i]) < 0) {
+                goto error;
+            }
+        }
+    }
+    TaskObject *self = (TaskObject *)tp->tp_alloc(tp, 0);
+    if (self == NULL) {
+        goto error;
+    }
+    self->vectorcall = task_vectorcall;
+    self->func = Py_NewRef(func);
+    self->args = rest;
+    self->kwargs = kw;
+    self->is_async = is_async;
+    return (PyObject *)self;
+
+error:
+    Py_XDECREF(rest);
+    Py_XDECREF(kw);
+    return NULL;
+}
+
 PyObject *
 task_entry_call(bg_state *st, PyObject *entry)
 {
@@ -755,6 +829,11 @@ task_dealloc(TaskObject *self)
     Py_DECREF(tp);
 }
 
+static PyMemberDef task_members[] = {
+    {"__vectorcalloffset__", T_PYSSIZET, offsetof(TaskObject, vectorcall), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
 static PyMethodDef task_methods[] = {
     {"__class_getitem__", Py_GenericAlias, METH_O | METH_CLASS,
      "See PEP 585: Task[int] in annotations."},
@@ -767,6 +846,7 @@ static PyType_Slot task_slots[] = {
     {Py_tp_call, task_call},
     {Py_tp_repr, task_repr},
     {Py_tp_getset, task_getset},
+    {Py_tp_members, task_members},
     {Py_tp_methods, task_methods},
     {Py_tp_traverse, task_traverse},
     {Py_tp_clear, task_clear},
@@ -783,7 +863,8 @@ static PyType_Slot task_slots[] = {
 static PyType_Spec task_spec = {
     .name = "backgrounder.Task",
     .basicsize = sizeof(TaskObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE
+             | Py_TPFLAGS_HAVE_VECTORCALL,
     .slots = task_slots,
 };
 
@@ -837,6 +918,7 @@ task_init_types(PyObject *module, bg_state *st)
         || PyModule_AddType(module, st->task_type) < 0) {
         return -1;
     }
+    st->task_type->tp_vectorcall = task_vectorcall_new;
     st->call_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &call_spec, NULL);
     if (st->call_type == NULL) {
         return -1;

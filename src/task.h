@@ -58,6 +58,7 @@ PyObject *bg_await_iter(PyObject *obj);
 /* Task's fields, read by tasks.c. */
 typedef struct {
     PyObject_HEAD
+    vectorcallfunc vectorcall;  /* task(): set for exact Task instances */
     PyObject *func;        /* strong; NULL only in a Tasks, which has no func */
     PyObject *args;        /* strong tuple, or NULL likewise */
     PyObject *kwargs;      /* strong dict, or NULL when there were none */
