@@ -1,0 +1,377 @@
+"""The examples of the documentation (docs/examples/*.py) do what their pages say.
+
+The pages include these files verbatim (pymdownx.snippets, ``--8<--``), so
+each one is tested here against the installed package:
+
+- the ASGI apps (Starlette, FastAPI, Esmerald, Lilya) are imported from their
+  files and driven through the framework's own test client, under each loop
+  kind; each example's ``OUTBOX`` is swapped for a recorder that notes which
+  thread the work ran on, and the app is wrapped to note when the response
+  was sent, so the tests see that the work ran after the response, sync work
+  on a pool thread and async work on the loop thread;
+- the scripts (plain, asyncio, lifecycle, the one-file Django project) run in
+  a subprocess, with warnings as errors, and their output is checked.
+
+The last tests check that every example is included by a page and tested
+here, and that every include names an existing file and section.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import re
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOCS = os.path.join(ROOT, "docs")
+EXAMPLES = os.path.join(DOCS, "examples")
+
+TIMEOUT = 60  # seconds for one example script; there to turn a hang into a failure
+
+SENT = "response sent"
+
+
+# -- loading an example and watching its work --------------------------------
+
+
+def load_example(name: str) -> ModuleType:
+    """Import docs/examples/<name>.py as a fresh module, writing no bytecode."""
+    path = os.path.join(EXAMPLES, f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"docs_example_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    dont_write = sys.dont_write_bytecode
+    sys.dont_write_bytecode = True
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.dont_write_bytecode = dont_write
+    return module
+
+
+@dataclass(frozen=True)
+class Entry:
+    text: str
+    thread: int  # threading.get_ident()
+    pool_thread: bool  # a native thread: backgrounder's pool, not a threading.Thread
+
+
+def on_pool_thread() -> bool:
+    if not isinstance(threading.current_thread(), threading._DummyThread):
+        return False
+    comm = f"/proc/self/task/{threading.get_native_id()}/comm"
+    if os.path.exists(comm):  # Linux: the OS thread name is "backgrounder"
+        with open(comm) as f:
+            return f.read().strip() == "backgrounder"
+    return True
+
+
+class Outbox:
+    """Stands in for an example's OUTBOX list: records who appended what."""
+
+    def __init__(self) -> None:
+        self.events: list[Any] = []  # SENT markers (with the loop thread) and Entry objects
+        self.lock = threading.Lock()
+
+    def append(self, text: str) -> None:
+        with self.lock:
+            self.events.append(Entry(text, threading.get_ident(), on_pool_thread()))
+
+    def sent(self) -> None:
+        with self.lock:
+            self.events.append((SENT, threading.get_ident()))
+
+    def texts(self) -> list[str]:
+        return [e[0] if isinstance(e, tuple) else e.text for e in self.events]
+
+    def entry(self, text: str) -> Entry:
+        [entry] = [e for e in self.events if isinstance(e, Entry) and e.text == text]
+        return entry
+
+    def loop_thread(self) -> int:
+        threads = {e[1] for e in self.events if isinstance(e, tuple)}
+        assert len(threads) == 1, threads
+        return threads.pop()
+
+
+def recording_sent(app: Any, outbox: Outbox) -> Any:
+    """Wrap an ASGI app to record SENT once the last body message is sent."""
+
+    async def wrapped(scope: dict, receive: Callable, send: Callable) -> None:
+        async def send_and_record(message: dict) -> None:
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                outbox.sent()
+
+        await app(scope, receive, send_and_record)
+
+    return wrapped
+
+
+@pytest.fixture(autouse=True)
+def restore_root_logger() -> Iterator[None]:
+    # Building an Esmerald app configures the root logger: undo it afterwards.
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.fixture
+def client_for(loop_factory: Callable[[], Any]) -> Callable[..., Any]:
+    """`client_for(TestClientClass, module)`: a test client of the example's app,
+    on this loop kind, with the example's OUTBOX swapped for an Outbox."""
+
+    def make(client_class: Any, module: ModuleType) -> tuple[Any, Outbox]:
+        outbox = Outbox()
+        module.OUTBOX = outbox
+        app = recording_sent(module.app, outbox)
+        options = {"loop_factory": loop_factory}
+        client = client_class(app, backend="asyncio", backend_options=options)
+        return client, outbox
+
+    return make
+
+
+def assert_sync_on_pool(outbox: Outbox, text: str) -> None:
+    entry = outbox.entry(text)
+    assert entry.pool_thread, entry
+    assert entry.thread != outbox.loop_thread()
+
+
+def assert_async_on_loop(outbox: Outbox, text: str) -> None:
+    entry = outbox.entry(text)
+    assert not entry.pool_thread, entry
+    assert entry.thread == outbox.loop_thread()
+
+
+# -- the ASGI frameworks -------------------------------------------------------
+
+
+def test_starlette_signup_answers_then_runs_the_tasks_in_order(client_for):
+    from starlette.testclient import TestClient
+
+    client, outbox = client_for(TestClient, load_example("starlette_app"))
+
+    response = client.post("/signup", json={"email": "ada@example.com"})
+
+    assert (response.status_code, response.json()) == (200, {"ok": True})
+    assert outbox.texts() == [
+        SENT,
+        "welcome mail to ada@example.com",
+        "audit: signup by ada@example.com",
+    ]
+    assert_sync_on_pool(outbox, "welcome mail to ada@example.com")
+    assert_async_on_loop(outbox, "audit: signup by ada@example.com")
+
+
+def test_starlette_ping_runs_a_single_task_after_the_response(client_for):
+    from starlette.testclient import TestClient
+
+    client, outbox = client_for(TestClient, load_example("starlette_app"))
+
+    response = client.get("/ping")
+
+    assert (response.status_code, response.json()) == (200, {"pong": True})
+    assert outbox.texts() == [SENT, "audit: ping by -"]
+
+
+def test_fastapi_response_background_task_runs_on_the_pool_after_the_response(client_for):
+    from fastapi.testclient import TestClient
+
+    client, outbox = client_for(TestClient, load_example("fastapi_app"))
+
+    response = client.post("/orders/7", params={"email": "ada@example.com"})
+
+    assert (response.status_code, response.json()) == (200, {"order": 7, "status": "accepted"})
+    assert outbox.texts() == [SENT, "receipt for order 7 to ada@example.com"]
+    assert_sync_on_pool(outbox, "receipt for order 7 to ada@example.com")
+
+
+def test_fastapi_background_tasks_runs_a_task_added_to_it(client_for):
+    from fastapi.testclient import TestClient
+
+    client, outbox = client_for(TestClient, load_example("fastapi_app"))
+
+    response = client.post("/orders/7/ship")
+
+    assert (response.status_code, response.json()) == (200, {"order": 7, "status": "shipping"})
+    assert outbox.texts() == [SENT, "warehouse told about order 7"]
+    assert_async_on_loop(outbox, "warehouse told about order 7")
+
+
+def test_esmerald_response_background_task_runs_on_the_pool_after_the_response(client_for):
+    from esmerald.testclient import EsmeraldTestClient
+
+    client, outbox = client_for(EsmeraldTestClient, load_example("esmerald_app"))
+
+    response = client.post("/invoices/3")
+
+    assert response.status_code == 201
+    assert response.json() == {"invoice": 3, "status": "created"}
+    assert outbox.texts() == [SENT, "invoice 3 sent"]
+    assert_sync_on_pool(outbox, "invoice 3 sent")
+
+
+def test_esmerald_route_background_task_runs_after_every_response(client_for):
+    from esmerald.testclient import EsmeraldTestClient
+
+    client, outbox = client_for(EsmeraldTestClient, load_example("esmerald_app"))
+
+    responses = [client.get("/home") for _ in range(2)]
+
+    assert [(r.status_code, r.json()) for r in responses] == [(200, {"page": "home"})] * 2
+    assert outbox.texts() == [SENT, "visit of home"] * 2
+    assert all(not e.pool_thread for e in outbox.events if isinstance(e, Entry))
+
+
+def test_lilya_publish_answers_then_runs_the_tasks_in_order(client_for):
+    from lilya.testclient import TestClient
+
+    client, outbox = client_for(TestClient, load_example("lilya_app"))
+
+    response = client.post("/articles/5/publish")
+
+    assert (response.status_code, response.json()) == (200, {"article": 5, "published": True})
+    assert outbox.texts() == [SENT, "cache purged: article:5", "article 5 reindexed"]
+    assert_sync_on_pool(outbox, "cache purged: article:5")
+    assert_async_on_loop(outbox, "article 5 reindexed")
+
+
+# -- the scripts, each in its own interpreter ----------------------------------
+
+
+def run_example(name: str, tmp_path: Any) -> subprocess.CompletedProcess[str]:
+    """`python -I -W error docs/examples/<name>.py`, away from the source tree."""
+    return subprocess.run(
+        [sys.executable, "-I", "-W", "error", os.path.join(EXAMPLES, f"{name}.py")],
+        check=False,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+    )
+
+
+def describe(proc: subprocess.CompletedProcess[str]) -> str:
+    out, err = proc.stdout[-3000:], proc.stderr[-3000:]
+    return f"exit {proc.returncode}\n--- stdout\n{out}\n--- stderr\n{err}"
+
+
+def test_script_returns_results_and_completes_every_unwaited_call_at_exit(tmp_path):
+    proc = run_example("script", tmp_path)
+
+    assert (proc.returncode, proc.stderr) == (0, ""), describe(proc)
+    first, *rest = proc.stdout.splitlines()
+    assert first == "['cat.thumb.png', 'dog.thumb.png', 'owl.thumb.png']"
+    assert sorted(rest) == sorted(f"line {i}" for i in range(1000))
+
+
+def test_asyncio_script_prints_what_the_page_says(tmp_path):
+    proc = run_example("asyncio_script", tmp_path)
+
+    assert (proc.returncode, proc.stderr) == (0, ""), describe(proc)
+    assert proc.stdout.splitlines() == [
+        "2cf24dba5fb0",  # sha256(b"hello"), first 12 hex digits
+        "b'index.html'",
+        "100 checksums",
+        "['first', 'second']",
+        "warmed home",
+    ]
+
+
+def test_lifecycle_shows_errors_on_error_stats_and_shutdown(tmp_path):
+    proc = run_example("lifecycle", tmp_path)
+
+    assert proc.returncode == 0, describe(proc)
+    assert proc.stdout.splitlines() == [
+        "handle.result() raised: cannot charge -1",
+        "on_error got: [ValueError('cannot charge -3')]",
+        "submitted 3 failed 3",
+        "shut down cleanly: True",
+        "after shutdown: backgrounder is shut down: it accepts no new work",
+    ]
+    # Only the exception nobody retrieved (-2) reaches the log: -1 was
+    # retrieved from the handle, -3 went to on_error.
+    log = proc.stderr
+    assert log.count("ERROR backgrounder: background call __main__.charge failed") == 1, log
+    assert "Traceback (most recent call last)" in log
+    assert "ValueError: cannot charge -2" in log
+    assert "cannot charge -1" not in log and "cannot charge -3" not in log
+
+
+def test_django_app_views_start_background_work_and_the_task_backend_runs_tasks(tmp_path):
+    pytest.importorskip("django")
+    if importlib.util.find_spec("django.tasks") is None:
+        pytest.importorskip("django_tasks")
+
+    proc = run_example("django_app", tmp_path)
+
+    assert (proc.returncode, proc.stderr) == (0, ""), describe(proc)
+    lines = proc.stdout.splitlines()
+    assert lines[:2] == [
+        "{'order': 1, 'status': 'accepted'}",
+        "{'order': 2, 'status': 'cancelled'}",
+    ]
+    # The status at enqueue depends on how far the task got meanwhile.
+    assert re.fullmatch(r"\{'task': '\w+', 'status': '(READY|RUNNING|SUCCESSFUL)'\}", lines[2])
+    assert lines[3:] == [
+        "newsletter 7 sent",
+        "receipt for order 1",
+        "receipt for order 2",
+        "warehouse told about order 1",
+        "{'status': 'SUCCESSFUL', 'value': {'issue': 7, 'recipients': 3}}",
+    ]
+
+
+# -- the pages and the examples agree ------------------------------------------
+
+INCLUDE = re.compile(r'^\s*--8<--\s+"([^":]+)(?::([\w-]+))?"\s*$', re.MULTILINE)
+
+
+def includes() -> list[tuple[str, str, str | None]]:
+    """(page, file, section or None) of every snippet include in docs/*.md."""
+    found = []
+    for page in sorted(os.listdir(DOCS)):
+        if page.endswith(".md"):
+            with open(os.path.join(DOCS, page)) as f:
+                found += [(page, m[1], m[2]) for m in INCLUDE.finditer(f.read())]
+    return found
+
+
+def example_names() -> list[str]:
+    return sorted(f[:-3] for f in os.listdir(EXAMPLES) if f.endswith(".py"))
+
+
+def test_every_include_names_an_existing_example_and_section():
+    assert includes()
+    for page, file, section in includes():
+        path = os.path.join(EXAMPLES, file)
+        assert os.path.isfile(path), (page, file)
+        if section is not None:
+            with open(path) as f:
+                text = f.read()
+            assert f"# --8<-- [start:{section}]" in text, (page, file, section)
+            assert f"# --8<-- [end:{section}]" in text, (page, file, section)
+
+
+def test_every_example_is_included_by_a_page_and_tested_here():
+    included = {file[:-3] for _, file, _ in includes()}
+    with open(__file__) as f:
+        this_file = f.read()
+    for name in example_names():
+        assert name in included, f"docs/examples/{name}.py is in no page"
+        loaded = f'load_example("{name}")' in this_file or f'run_example("{name}"' in this_file
+        assert loaded, f"docs/examples/{name}.py is not tested"
