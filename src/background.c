@@ -161,7 +161,7 @@ handle_item_finish(bg_item *item)
     Py_DECREF(h);   /* may be the last reference: an unretrieved error is reported */
 }
 
-static const bg_item_ops handle_ops = {handle_item_start, handle_item_finish};
+static const bg_item_ops handle_ops = {handle_item_start, handle_item_finish, 0};
 
 /* The done callback of an async call's asyncio task (bound to the handle). */
 static PyObject *

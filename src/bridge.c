@@ -220,7 +220,7 @@ future_start(bg_item *item)
     return run;
 }
 
-const bg_item_ops bridge_future_ops = {future_start, bridge_post};
+const bg_item_ops bridge_future_ops = {future_start, bridge_post, 1};
 
 /* ---- Inbox ------------------------------------------------------------------ */
 

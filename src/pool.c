@@ -349,14 +349,16 @@ pool_submit(bg_pool *pool, bg_item *item)
 
 /* ---- the worker ------------------------------------------------------------ */
 
-/* GIL held.  Runs one item in its context and hands it to its owner. */
-static void
+/* GIL held.  Runs one item in its context and hands it to its owner.
+   Returns 1 if the worker was counted as searching before the hand-over
+   (quick_finish), 0 if not. */
+static int
 run_item(bg_pool *pool, bg_item *item)
 {
     if (!item->ops->start(item)) {
         pool->cancelled++;
         item->ops->finish(item);
-        return;
+        return 0;
     }
     if (PyContext_Enter(item->context) < 0) {
         item->exc = bg_fetch_exception();
@@ -375,10 +377,18 @@ run_item(bg_pool *pool, bg_item *item)
     if (item->exc) {
         pool->failed++;
     }
+    int early = item->ops->quick_finish;
+    if (early) {
+        bg_mutex_lock(&pool->mu);
+        pool->nsearching++;
+        bg_mutex_unlock(&pool->mu);
+    }
     item->ops->finish(item);
+    return early;
 }
 
-/* GIL held.  Runs `item`, then every item the queue has, holding the GIL. */
+/* GIL held.  Runs `item`, then every item the queue has, holding the GIL.
+   Returns with the worker counted as searching again. */
 static void
 worker_run(bg_pool *pool, bg_item *item)
 {
@@ -390,17 +400,28 @@ worker_run(bg_pool *pool, bg_item *item)
         (void)start_worker(pool);   /* on failure this worker goes on alone */
     }
     for (int batch = 1;; batch++) {
-        run_item(pool, item);
+        int searching = run_item(pool, item);
         bg_mutex_lock(&pool->mu);
         pool->running--;
         item = queue_pop(pool);
         must_start = 0;
         if (item) {
             pool->running++;
+            if (searching) {
+                pool->nsearching--;
+            }
             must_start = wake_locked(pool);
         }
-        else if (pool->running == 0 && pool->nwaiters) {
-            bg_cond_broadcast(&pool->idle_cv);
+        else {
+            /* Back to searching from here, before the GIL is released: a
+               submit that comes while this worker gives up the GIL finds it
+               on its way and wakes or starts no other. */
+            if (!searching) {
+                pool->nsearching++;
+            }
+            if (pool->running == 0 && pool->nwaiters) {
+                bg_cond_broadcast(&pool->idle_cv);
+            }
         }
         bg_mutex_unlock(&pool->mu);
         if (must_start) {
@@ -492,11 +513,10 @@ worker_main(void *arg)
         bg_mutex_unlock(&pool->mu);
 
         PyEval_RestoreThread(tstate);
-        worker_run(pool, item);
+        worker_run(pool, item);   /* returns counted as searching again */
         PyEval_SaveThread();
 
         bg_mutex_lock(&pool->mu);
-        pool->nsearching++;
     }
     pool->nworkers--;
     pool->nsearching--;

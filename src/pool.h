@@ -28,6 +28,11 @@ typedef struct {
     /* Called once, after the item ran (item->result or item->exc is set) or was
        skipped (both NULL).  Takes the item over: it must end in pool_item_free. */
     void (*finish)(bg_item *item);
+    /* 1 if finish runs only engine code (no user callback) and returns
+       quickly: the worker then counts as looking for work while it runs, so
+       that work submitted meanwhile (finish may release the GIL) wakes or
+       starts no other worker. */
+    int quick_finish;
 } bg_item_ops;
 
 struct bg_item {
