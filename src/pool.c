@@ -22,7 +22,9 @@
 #define FREE_LIST_MAX 4096   /* items kept for reuse */
 #define GIL_BATCH 64         /* items run back to back before offering the GIL */
 #define WAIT_SLICE 0.05      /* seconds between checks for signals while waiting */
-#define SPIN_SECONDS 100e-6  /* how long one worker looks for work before sleeping */
+#define SPIN_MAX 100e-6      /* the longest a worker looks for work before sleeping */
+#define SPIN_MIN 5e-6        /* below this, no spin at all */
+#define SPIN_PROBE 32        /* when not spinning, try again every this many sleeps */
 
 struct bg_pool {
     bg_mutex mu;
@@ -43,6 +45,8 @@ struct bg_pool {
     Py_ssize_t tokens;        /* wake-ups sent to idle workers, not yet taken */
     Py_ssize_t nwaiters;      /* threads waiting on idle_cv */
     Py_ssize_t nspinning;     /* workers spinning for work (at most one) */
+    double spin_limit;        /* how long the next spin lasts, adapted to how spins fare */
+    int spin_skipped;         /* sleeps without a spin since the last one */
     Py_ssize_t max_workers;
     double idle_timeout;
     int closed;
@@ -191,6 +195,7 @@ pool_new(PyInterpreterState *interp)
     }
     pool->max_workers = 40;
     pool->idle_timeout = 30.0;
+    pool->spin_limit = SPIN_MAX;
     pool->refcnt = 1;
     pool->interp = interp;
     return pool;
@@ -441,16 +446,27 @@ worker_run(bg_pool *pool, bg_item *item)
    watches the queue for a moment: work that comes in then (the next call of
    a caller awaiting one call after another) is taken without a wake-up.
    Still counted as searching, so a submitter signals nobody meanwhile.
-   Returns 1 if work came. */
+   The spin adapts: a spin that finds work lets the next one last twice as
+   long (up to SPIN_MAX), one that does not halves it, down to no spin at
+   all (with a short probe every SPIN_PROBE sleeps), so that work coming
+   further apart than a spin costs no CPU.  Returns 1 if work came. */
 static int
 worker_spin(bg_pool *pool)
 {
     if (pool->nspinning > 0 || pool->closed) {
         return 0;
     }
+    double limit = pool->spin_limit;
+    if (limit < SPIN_MIN) {
+        if (++pool->spin_skipped < SPIN_PROBE) {
+            return 0;
+        }
+        limit = SPIN_MIN * 2;
+    }
+    pool->spin_skipped = 0;
     pool->nspinning++;
     bg_mutex_unlock(&pool->mu);
-    double end = bg_monotonic() + SPIN_SECONDS;
+    double end = bg_monotonic() + limit;
     int found = 0;
     do {
         for (int i = 0; i < 32 && !found; i++) {
@@ -460,7 +476,9 @@ worker_spin(bg_pool *pool)
     } while (!found && bg_monotonic() < end);
     bg_mutex_lock(&pool->mu);
     pool->nspinning--;
-    return pool->head != NULL;
+    found = pool->head != NULL;
+    pool->spin_limit = found ? (limit * 2 > SPIN_MAX ? SPIN_MAX : limit * 2) : limit / 2;
+    return found;
 }
 
 /* mu held.  The worker found no work: waits for a wake-up, for the pool to
