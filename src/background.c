@@ -833,7 +833,18 @@ start_async(bg_state *st, HandleObject *h, PyObject *func, PyObject *args, PyObj
         PyErr_Clear();
     }
     else {
-        int ends = loop_ends_with_the_call(loop);
+        /* On the engine's own loop: through the runner too, which counts
+           what it runs, so that the exit waits for it. */
+        int own = 0;
+        if (st->loop_runner != NULL) {
+            PyObject *own_loop = PyObject_GetAttrString(st->loop_runner, "loop");
+            if (own_loop == NULL) {
+                goto done;
+            }
+            own = own_loop == loop;
+            Py_DECREF(own_loop);
+        }
+        int ends = own ? 1 : loop_ends_with_the_call(loop);
         if (ends < 0) {
             goto done;
         }

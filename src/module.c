@@ -308,7 +308,10 @@ bg_configure(PyObject *module, PyObject *args, PyObject *kwargs)
         if (parse_timeout("configure", "idle_timeout", idle_timeout, &timeout) < 0) {
             return NULL;
         }
-        if (timeout <= 0) {
+        if (timeout < 0) {
+            timeout = 1e7;   /* inf: workers never retire (in practice) */
+        }
+        else if (timeout == 0) {
             PyErr_Format(PyExc_ValueError, "configure() argument 'idle_timeout' must be > 0 seconds, not %R",
                          idle_timeout);
             return NULL;

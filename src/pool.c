@@ -57,7 +57,9 @@ struct bg_pool {
     /* Guarded by the GIL. */
     bg_item *free_items;
     Py_ssize_t nfree;
-    uint64_t submitted, done, failed, cancelled, wakeups, completions, threads_started;
+    uint64_t submitted, done, failed, cancelled, wakeups, completions;
+
+    uint64_t threads_started;   /* guarded by mu */
 };
 
 /* The pool whose worker the current thread is, if it is one.  A plain C
@@ -291,13 +293,14 @@ wake_locked(bg_pool *pool)
         pool->nthreads++;
         pool->nsearching++;
         pool->refcnt++;   /* the new thread's */
+        pool->threads_started++;
         return 1;
     }
     return 0;
 }
 
-/* GIL held, mu not held.  Starts the thread that wake_locked counted in.
-   Returns 0, or an errno value (the count is then taken back). */
+/* mu not held (the GIL need not be).  Starts the thread that wake_locked
+   counted in.  Returns 0, or an errno value (the count is then taken back). */
 static int
 start_worker(bg_pool *pool)
 {
@@ -307,6 +310,7 @@ start_worker(bg_pool *pool)
         pool->nworkers--;
         pool->nthreads--;
         pool->nsearching--;
+        pool->threads_started--;
         pool->refcnt--;   /* never the last: the caller holds one */
         if (pool->nwaiters) {
             bg_cond_broadcast(&pool->idle_cv);
@@ -314,7 +318,6 @@ start_worker(bg_pool *pool)
         bg_mutex_unlock(&pool->mu);
         return err;
     }
-    pool->threads_started++;
     DBG_COUNT(dbg_threads_started);
     return 0;
 }
@@ -489,13 +492,16 @@ worker_sleep(bg_pool *pool)
     if (worker_spin(pool)) {
         return 1;
     }
-    double deadline = bg_monotonic() + pool->idle_timeout;
+    double since = bg_monotonic();
     int timed_out = 0;
     pool->nsearching--;
     pool->nidle++;
     while (pool->tokens == 0 && !pool->closed && !timed_out
            && pool->nworkers <= pool->max_workers) {
-        timed_out = bg_cond_wait_until(&pool->work_cv, &pool->mu, deadline) == ETIMEDOUT;
+        /* idle_timeout is read anew each time: configure() may lower it */
+        double deadline = since + pool->idle_timeout;
+        timed_out = bg_cond_wait_until(&pool->work_cv, &pool->mu, deadline) == ETIMEDOUT
+                    || bg_monotonic() >= deadline;
     }
     pool->nidle--;
     if (pool->tokens > 0) {
@@ -538,7 +544,13 @@ worker_main(void *arg)
     }
     pool->nworkers--;
     pool->nsearching--;
+    /* Leaving while counted as searching: a submitter may have left the
+       wake-up to this worker.  Pass it on. */
+    int must_start = pool->closed ? 0 : wake_locked(pool);
     bg_mutex_unlock(&pool->mu);
+    if (must_start) {
+        (void)start_worker(pool);
+    }
 
     if (tstate != NULL) {
         PyEval_RestoreThread(tstate);
@@ -649,7 +661,10 @@ pool_shutdown(bg_pool *pool, int wait, double timeout)
     bg_cond_broadcast(&pool->work_cv);
     bg_mutex_unlock(&pool->mu);
     if (!wait) {
-        return 1;
+        bg_mutex_lock(&pool->mu);
+        int gone = is_gone(pool, current_worker_of == pool, NULL);
+        bg_mutex_unlock(&pool->mu);
+        return gone;
     }
     return pool_wait(pool, is_gone, NULL, timeout);
 }
@@ -709,6 +724,7 @@ pool_get_stats(bg_pool *pool, bg_pool_stats *out)
     out->idle = pool->nidle;
     out->max_workers = pool->max_workers;
     out->idle_timeout = pool->idle_timeout;
+    out->threads_started = pool->threads_started;
     bg_mutex_unlock(&pool->mu);
     out->submitted = pool->submitted;
     out->done = pool->done;
@@ -716,7 +732,6 @@ pool_get_stats(bg_pool *pool, bg_pool_stats *out)
     out->cancelled = pool->cancelled;
     out->wakeups = pool->wakeups;
     out->completions = pool->completions;
-    out->threads_started = pool->threads_started;
 }
 
 void

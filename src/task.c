@@ -459,7 +459,13 @@ call_finalize(CallObject *self)
         self->state = CALL_DONE;
     }
     else if (call_abandon(self) < 0) {
-        PyErr_WriteUnraisable((PyObject *)self);
+        /* Its loop is closed ("Event loop is closed"): nothing to cancel. */
+        if (PyErr_ExceptionMatches(PyExc_RuntimeError)) {
+            PyErr_Clear();
+        }
+        else {
+            PyErr_WriteUnraisable((PyObject *)self);
+        }
     }
     if (exc) {
         bg_raise(exc);
