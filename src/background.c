@@ -15,6 +15,7 @@
  */
 #include "bridge.h"
 #include "task.h"
+#include <math.h>
 #include <structmember.h>
 
 enum { H_PENDING, H_RUNNING, H_CANCELLED, H_FINISHED };
@@ -80,6 +81,23 @@ node_free(bg_node *node)
     Py_XDECREF(inbox);
 }
 
+/* Drops a waiter node that will not be woken: its inbox's pending count
+   is given back, through an item, as for any completion dropped. */
+static void
+waiter_forget(bg_state *st, bg_node *node)
+{
+    bg_item *item = (st != NULL && st->pool != NULL) ? pool_item_new(st->pool) : NULL;
+    if (item == NULL) {
+        PyErr_Clear();
+        node_free(node);
+        return;
+    }
+    item->target = node->obj;
+    item->inbox = node->inbox;
+    PyMem_RawFree(node);
+    bridge_forget(item);
+}
+
 /* ---- settling --------------------------------------------------------------- */
 
 /* Calls the callbacks with the handle and wakes the awaiting tasks; frees the
@@ -105,7 +123,8 @@ handle_notify(bg_state *st, HandleObject *h, bg_node *callbacks, bg_node *waiter
         bg_item *item = pool_item_new(st->pool);
         if (item == NULL) {
             PyErr_WriteUnraisable((PyObject *)h);
-            node_free(node);
+            node->next = NULL;
+            waiter_forget(st, node);
             continue;
         }
         /* Only a wake-up: the task reads the outcome from the handle. */
@@ -229,7 +248,14 @@ handle_timeout(PyObject *value, double *out)
     if (*out == -1.0 && PyErr_Occurred()) {
         return -1;
     }
-    if (*out < 0) {
+    if (isnan(*out)) {
+        PyErr_Format(PyExc_ValueError, "timeout must be a number of seconds, not %R", value);
+        return -1;
+    }
+    if (isinf(*out)) {
+        *out = *out > 0 ? -1.0 : 0.0;   /* inf: no limit */
+    }
+    else if (*out < 0) {
         *out = 0;   /* as concurrent.futures: a negative timeout does not wait */
     }
     return 0;
@@ -643,6 +669,10 @@ handle_traverse(HandleObject *self, visitproc visit, void *arg)
     for (bg_node *n = self->callbacks; n; n = n->next) {
         Py_VISIT(n->obj);
     }
+    for (bg_node *n = self->waiters; n; n = n->next) {
+        Py_VISIT(n->obj);
+        Py_VISIT(n->inbox);
+    }
     return 0;
 }
 
@@ -662,7 +692,7 @@ handle_clear(HandleObject *self)
     }
     while (waiters) {
         bg_node *next = waiters->next;
-        node_free(waiters);
+        waiter_forget(handle_state(self), waiters);
         waiters = next;
     }
     return 0;

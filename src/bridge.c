@@ -126,11 +126,12 @@ settle(bg_state *st, bg_item *item)
         PyObject *wrapped = PyObject_CallFunction(
             PyExc_RuntimeError, "s", "the background call raised StopIteration");
         if (wrapped == NULL) {
-            PyErr_WriteUnraisable(fut);
-            return;
+            wrapped = bg_fetch_exception();   /* MemoryError: settle with it, never hang */
         }
-        PyException_SetCause(wrapped, Py_NewRef(item->exc));
-        PyException_SetContext(wrapped, Py_NewRef(item->exc));
+        else {
+            PyException_SetCause(wrapped, Py_NewRef(item->exc));
+            PyException_SetContext(wrapped, Py_NewRef(item->exc));
+        }
         res = PyObject_CallMethodOneArg(fut, st->str_set_exception, wrapped);
         Py_DECREF(wrapped);
     }

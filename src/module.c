@@ -8,9 +8,10 @@
  * gone before the interpreter finalizes (atexit); at fork, the child gets a
  * fresh pool (os.register_at_fork).
  */
-#include <math.h>
-#include "module.h"
+#include "module.h"   /* first: Python.h sets the feature macros */
+#include "platform.h"
 #include "task.h"
+#include <math.h>
 
 /* ---- helpers the other files share ----------------------------------------- */
 
@@ -370,13 +371,23 @@ bg_wait_idle(PyObject *module, PyObject *args, PyObject *kwargs)
         || parse_timeout("wait_idle", "timeout", timeout_obj, &timeout) < 0) {
         return NULL;
     }
-    /* Async calls may queue sync work and the other way round: settle both. */
+    /* Async calls may queue sync work and the other way round: settle both,
+       within one deadline. */
+    double deadline = timeout < 0 ? -1.0 : bg_monotonic() + timeout;
     for (;;) {
-        int r = background_wait_idle(st, timeout);
+        double left = deadline < 0 ? -1.0 : deadline - bg_monotonic();
+        if (deadline >= 0 && left < 0) {
+            left = 0;
+        }
+        int r = background_wait_idle(st, left);
         if (r <= 0) {
             return r < 0 ? NULL : Py_NewRef(Py_False);
         }
-        r = pool_wait_idle(st->pool, timeout);
+        left = deadline < 0 ? -1.0 : deadline - bg_monotonic();
+        if (deadline >= 0 && left < 0) {
+            left = 0;
+        }
+        r = pool_wait_idle(st->pool, left);
         if (r <= 0) {
             return r < 0 ? NULL : Py_NewRef(Py_False);
         }
@@ -396,7 +407,17 @@ static PyObject *
 bg_at_exit(PyObject *module, PyObject *Py_UNUSED(ignored))
 {
     bg_state *st = get_state(module);
-    if (background_stop_loop(st, 1, -1) < 0 || pool_shutdown(st->pool, 1, -1) < 0) {
+    /* The pool is shut down even if stopping the loop thread was interrupted:
+       no worker may outlive the interpreter's exit. */
+    int r = background_stop_loop(st, 1, -1);
+    PyObject *exc = r < 0 ? bg_fetch_exception() : NULL;
+    if (pool_shutdown(st->pool, 1, -1) < 0) {
+        Py_XDECREF(exc);
+        return NULL;
+    }
+    if (exc != NULL) {
+        bg_raise(exc);
+        Py_DECREF(exc);
         return NULL;
     }
     Py_RETURN_NONE;
@@ -454,20 +475,6 @@ bg_is_async_callable_py(PyObject *module, PyObject *obj)
     return r < 0 ? NULL : PyBool_FromLong(r);
 }
 
-static PyObject *
-bg_before_fork(PyObject *module, PyObject *Py_UNUSED(ignored))
-{
-    pool_before_fork(get_state(module)->pool);
-    Py_RETURN_NONE;
-}
-
-static PyObject *
-bg_after_fork_parent(PyObject *module, PyObject *Py_UNUSED(ignored))
-{
-    pool_after_fork_parent(get_state(module)->pool);
-    Py_RETURN_NONE;
-}
-
 /* Defined in background.c: forgets the parent's loop thread in a child. */
 void background_after_fork_child(bg_state *st);
 
@@ -523,8 +530,6 @@ static PyMethodDef module_methods[] = {
      "is_async_callable(obj, /)\n--\n\nTrue if calling obj gives a coroutine (functools.partial "
      "unwrapped, objects whose __call__ is async included)."},
     {"_at_exit", bg_at_exit, METH_NOARGS, "Registered with atexit: shuts the engine down, waiting."},
-    {"_before_fork", bg_before_fork, METH_NOARGS, "os.register_at_fork(before=...)"},
-    {"_after_fork_parent", bg_after_fork_parent, METH_NOARGS, "os.register_at_fork(after_in_parent=...)"},
     {"_after_fork_child", bg_after_fork_child, METH_NOARGS, "os.register_at_fork(after_in_child=...)"},
 #ifdef BG_DEBUG
     {"_debug_counters", bg_debug_counters, METH_NOARGS, "Debug builds: items and threads counted."},
@@ -552,7 +557,7 @@ static int
 register_hooks(PyObject *module)
 {
     PyObject *wait_idle = NULL, *at_exit = NULL, *register_atexit = NULL, *res = NULL;
-    PyObject *before = NULL, *parent = NULL, *child = NULL, *kwargs = NULL, *reg_fork = NULL;
+    PyObject *child = NULL, *kwargs = NULL, *reg_fork = NULL;
     int r = -1;
 
     wait_idle = PyObject_GetAttrString(module, "wait_idle");
@@ -580,15 +585,13 @@ register_hooks(PyObject *module)
     }
     Py_CLEAR(res);
 #ifdef HAVE_FORK
-    before = PyObject_GetAttrString(module, "_before_fork");
-    parent = PyObject_GetAttrString(module, "_after_fork_parent");
+    /* The pool's locks are handled inside fork() itself (pool.c); the child
+       then drops what is the parent's. */
     child = PyObject_GetAttrString(module, "_after_fork_child");
-    if (before == NULL || parent == NULL || child == NULL
-        || import_attr("os", "register_at_fork", &reg_fork) < 0) {
+    if (child == NULL || import_attr("os", "register_at_fork", &reg_fork) < 0) {
         goto done;
     }
-    kwargs = Py_BuildValue("{sOsOsO}", "before", before, "after_in_parent", parent,
-                           "after_in_child", child);
+    kwargs = Py_BuildValue("{sO}", "after_in_child", child);
     if (kwargs == NULL) {
         goto done;
     }
@@ -605,8 +608,6 @@ done:
     Py_XDECREF(at_exit);
     Py_XDECREF(register_atexit);
     Py_XDECREF(res);
-    Py_XDECREF(before);
-    Py_XDECREF(parent);
     Py_XDECREF(child);
     Py_XDECREF(kwargs);
     Py_XDECREF(reg_fork);

@@ -16,6 +16,12 @@
 typedef pthread_mutex_t bg_mutex;
 typedef pthread_cond_t bg_cond;
 
+#define BG_MUTEX_INITIALIZER PTHREAD_MUTEX_INITIALIZER
+
+typedef pthread_once_t bg_once;
+#define BG_ONCE_INIT PTHREAD_ONCE_INIT
+static inline void bg_call_once(bg_once *once, void (*func)(void)) { pthread_once(once, func); }
+
 /* Returns 0, or an errno value. */
 static inline int bg_mutex_init(bg_mutex *m) { return pthread_mutex_init(m, NULL); }
 static inline void bg_mutex_destroy(bg_mutex *m) { pthread_mutex_destroy(m); }
@@ -63,13 +69,17 @@ static inline int
 bg_cond_wait_until(bg_cond *c, bg_mutex *m, double deadline)
 {
     struct timespec ts;
+    if (!(deadline < 1e9)) {
+        deadline = 1e9;   /* ~31 years of uptime: keeps tv_sec representable */
+    }
     ts.tv_sec = (time_t)deadline;
     ts.tv_nsec = (long)((deadline - (double)ts.tv_sec) * 1e9);
     if (ts.tv_nsec >= 1000000000L) {
         ts.tv_sec += 1;
         ts.tv_nsec -= 1000000000L;
     }
-    return pthread_cond_timedwait(c, m, &ts);
+    int err = pthread_cond_timedwait(c, m, &ts);
+    return err == 0 ? 0 : ETIMEDOUT;   /* EINVAL included: never spin on it */
 }
 
 /* A hint to the CPU inside a spin loop. */
@@ -81,6 +91,14 @@ bg_cpu_relax(void)
 #elif defined(__aarch64__)
     __asm__ __volatile__("yield");
 #endif
+}
+
+/* Registers handlers that run inside fork(): prepare in the parent before
+   it, parent and child after it.  Returns 0, or an errno value. */
+static inline int
+bg_atfork(void (*prepare)(void), void (*parent)(void), void (*child)(void))
+{
+    return pthread_atfork(prepare, parent, child);
 }
 
 typedef void *(*bg_thread_func)(void *);

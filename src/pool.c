@@ -53,6 +53,8 @@ struct bg_pool {
     Py_ssize_t refcnt;
 
     PyInterpreterState *interp;
+    bg_pool *next_pool;       /* the registry of pools, for the fork handlers */
+    bg_item *orphans;         /* a forked child's copy of the parent's queue, to free */
 
     /* Guarded by the GIL. */
     bg_item *free_items;
@@ -61,11 +63,6 @@ struct bg_pool {
 
     uint64_t threads_started;   /* guarded by mu */
 };
-
-/* The pool whose worker the current thread is, if it is one.  A plain C
-   pointer, no Python object: lets a task that waits on its own pool (calls
-   shutdown, say) leave itself out of the wait. */
-static _Thread_local bg_pool *current_worker_of;
 
 #ifdef BG_DEBUG
 static atomic_ullong dbg_items_allocated, dbg_items_freed, dbg_threads_started, dbg_threads_ended;
@@ -156,6 +153,80 @@ queue_remove(bg_pool *pool, bg_item *item)
     return 0;
 }
 
+/* ---- fork -------------------------------------------------------------------
+ *
+ * Handlers registered with pthread_atfork run inside fork(), after Python's
+ * own fork hooks, while the forking thread holds the GIL: no other thread
+ * holds the GIL then, and none holds a pool's lock while waiting for it, so
+ * taking every pool's lock there cannot deadlock, and the child inherits
+ * consistent queues.  The child, where only the forking thread exists, gets
+ * fresh locks and no workers; its copy of the queue (the parent's work, run
+ * by the parent) is kept aside and freed, with the GIL, on the pool's next
+ * use.  All of it plain C: the registry holds no Python object.
+ */
+
+static bg_mutex registry_mu = BG_MUTEX_INITIALIZER;
+static bg_pool *registry;
+
+/* The pool whose worker the current thread is, if it is one.  A plain C
+   pointer, no Python object: lets a task that waits on its own pool (calls
+   shutdown, say) leave itself out of the wait. */
+static _Thread_local bg_pool *current_worker_of;
+
+static int pool_init_sync(bg_pool *pool);
+
+static void
+atfork_prepare(void)
+{
+    bg_mutex_lock(&registry_mu);
+    for (bg_pool *p = registry; p; p = p->next_pool) {
+        bg_mutex_lock(&p->mu);
+    }
+}
+
+static void
+atfork_parent(void)
+{
+    for (bg_pool *p = registry; p; p = p->next_pool) {
+        bg_mutex_unlock(&p->mu);
+    }
+    bg_mutex_unlock(&registry_mu);
+}
+
+static void
+atfork_child(void)
+{
+    for (bg_pool *p = registry; p; p = p->next_pool) {
+        int self = current_worker_of == p;   /* forked from inside a task */
+        if (pool_init_sync(p) != 0) {
+            abort();   /* no locks, no pool: nothing sane to go on with */
+        }
+        if (p->head) {
+            p->tail->next = p->orphans;
+            p->orphans = p->head;
+        }
+        p->head = p->tail = NULL;
+        p->queued = 0;
+        p->running = self;
+        p->nworkers = p->nthreads = self;
+        p->nidle = p->nsearching = p->tokens = p->nwaiters = p->nspinning = 0;
+        p->spin_skipped = 0;
+        atomic_store(&p->has_work, 0);
+        p->refcnt = 1 + self;   /* the module's, and this thread's if a worker */
+    }
+    memset(&registry_mu, 0, sizeof(registry_mu));
+    bg_mutex_init(&registry_mu);
+}
+
+static bg_once atfork_once = BG_ONCE_INIT;
+static int atfork_err;
+
+static void
+atfork_register(void)
+{
+    atfork_err = bg_atfork(atfork_prepare, atfork_parent, atfork_child);
+}
+
 /* ---- lifetime -------------------------------------------------------------- */
 
 /* Returns 0, or an errno value. */
@@ -200,6 +271,17 @@ pool_new(PyInterpreterState *interp)
     pool->spin_limit = SPIN_MAX;
     pool->refcnt = 1;
     pool->interp = interp;
+    bg_call_once(&atfork_once, atfork_register);
+    if (atfork_err) {
+        pool_decref(pool);
+        errno = atfork_err;
+        PyErr_SetFromErrno(PyExc_OSError);
+        return NULL;
+    }
+    bg_mutex_lock(&registry_mu);
+    pool->next_pool = registry;
+    registry = pool;
+    bg_mutex_unlock(&registry_mu);
     return pool;
 }
 
@@ -213,6 +295,14 @@ pool_decref(bg_pool *pool)
         return;
     }
     assert(pool->head == NULL && pool->nthreads == 0);
+    bg_mutex_lock(&registry_mu);
+    for (bg_pool **p = &registry; *p; p = &(*p)->next_pool) {
+        if (*p == pool) {
+            *p = pool->next_pool;
+            break;
+        }
+    }
+    bg_mutex_unlock(&registry_mu);
     bg_item *item = pool->free_items;
     while (item) {
         bg_item *next = item->next;
@@ -325,6 +415,9 @@ start_worker(bg_pool *pool)
 int
 pool_submit(bg_pool *pool, bg_item *item)
 {
+    if (pool->orphans) {
+        pool_after_fork_child(pool);   /* forked without Python's fork hooks */
+    }
     bg_mutex_lock(&pool->mu);
     if (pool->closed) {
         bg_mutex_unlock(&pool->mu);
@@ -427,7 +520,8 @@ worker_run(bg_pool *pool, bg_item *item)
             if (!searching) {
                 pool->nsearching++;
             }
-            if (pool->running == 0 && pool->nwaiters) {
+            /* <= 1: a waiter may be a worker waiting on the pool (not itself) */
+            if (pool->running <= 1 && pool->nwaiters) {
                 bg_cond_broadcast(&pool->idle_cv);
             }
         }
@@ -746,41 +840,18 @@ pool_count_completion(bg_pool *pool)
     pool->completions++;
 }
 
-/* ---- fork ------------------------------------------------------------------ */
-
-void
-pool_before_fork(bg_pool *pool)
-{
-    /* No thread holds mu while waiting for the GIL, so this cannot deadlock. */
-    bg_mutex_lock(&pool->mu);
-}
-
-void
-pool_after_fork_parent(bg_pool *pool)
-{
-    bg_mutex_unlock(&pool->mu);
-}
+/* ---- fork, the Python side ---------------------------------------------------- */
 
 void
 pool_after_fork_child(bg_pool *pool)
 {
-    /* Only the forking thread exists here.  The locks may have waiters that
-       are gone: make them anew.  The queue belongs to the parent, which runs
-       it: drop the child's copy. */
-    bg_item *queue = pool->head;
-    int self = current_worker_of == pool;  /* forked from inside a task */
-    if (pool_init_sync(pool) != 0) {
-        Py_FatalError("backgrounder: cannot re-create the pool's locks after fork");
-    }
-    pool->head = pool->tail = NULL;
-    pool->queued = 0;
-    pool->running = self;
-    pool->nworkers = pool->nthreads = self;
-    pool->nidle = pool->nsearching = pool->tokens = pool->nwaiters = 0;
-    pool->refcnt = 1 + self;
-    while (queue) {
-        bg_item *next = queue->next;
-        pool_item_free(queue);
-        queue = next;
+    /* The locks and counts were reset inside fork() (atfork_child); what is
+       left needs the GIL: drop the child's copy of the parent's queue. */
+    bg_item *orphans = pool->orphans;
+    pool->orphans = NULL;
+    while (orphans) {
+        bg_item *next = orphans->next;
+        pool_item_free(orphans);
+        orphans = next;
     }
 }

@@ -113,12 +113,10 @@ void pool_get_stats(bg_pool *pool, bg_pool_stats *out);
 void pool_count_wakeup(bg_pool *pool);
 void pool_count_completion(bg_pool *pool);
 
-/* os.register_at_fork hooks; GIL held.  Before: takes pool->mu so that the
-   child inherits a consistent queue.  Parent: releases it.  Child: fresh
-   locks, no workers, and the inherited queue dropped (its callers are the
-   parent's). */
-void pool_before_fork(bg_pool *pool);
-void pool_after_fork_parent(bg_pool *pool);
+/* After os.fork(), in the child, GIL held: frees the child's copy of the
+   parent's queue (fork itself already gave the child fresh locks and no
+   workers, through pthread_atfork handlers).  Also done on the first submit
+   after a fork that did not go through os.fork(). */
 void pool_after_fork_child(bg_pool *pool);
 
 #ifdef BG_DEBUG

@@ -384,12 +384,15 @@ call_send(PyObject *op, PyObject *value, PyObject **result)
         if (res == NULL) {
             /* Resumed before the future was settled: not by asyncio.  Give
                up on the call rather than leave it unawaited. */
+            PyObject *exc = bg_fetch_exception();
             PyObject *cancel = PyObject_CallMethodNoArgs(fut, call_state(self)->str_cancel);
             Py_XDECREF(cancel);
             if (cancel == NULL) {
                 PyErr_WriteUnraisable(fut);
             }
             Py_DECREF(fut);
+            bg_raise(exc);
+            Py_DECREF(exc);
             return PYGEN_ERROR;
         }
         Py_DECREF(fut);
@@ -603,6 +606,10 @@ task_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kw
         PyErr_SetString(PyExc_TypeError, "a Task is called with no arguments: task()");
         return NULL;
     }
+    if (self->func == NULL) {
+        PyErr_SetString(PyExc_TypeError, "the Task was cleared: it has no func");
+        return NULL;
+    }
     bg_state *st = (bg_state *)PyType_GetModuleState(Py_TYPE(self));
     return task_start(st, self->func, self->args, self->kwargs, self->is_async);
 }
@@ -798,9 +805,11 @@ task_repr(TaskObject *self)
         Py_DECREF(name);
         return NULL;
     }
-    PyObject *repr = PyUnicode_FromFormat("%U(func=%R, args=%R, kwargs=%R)", name,
-                                          self->func ? self->func : Py_None,
-                                          self->args ? self->args : Py_None, kwargs);
+    PyObject *func = Py_NewRef(self->func ? self->func : Py_None);
+    PyObject *args = Py_NewRef(self->args ? self->args : Py_None);
+    PyObject *repr = PyUnicode_FromFormat("%U(func=%R, args=%R, kwargs=%R)", name, func, args, kwargs);
+    Py_DECREF(func);
+    Py_DECREF(args);
     Py_DECREF(kwargs);
     Py_DECREF(name);
     return repr;

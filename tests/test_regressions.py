@@ -1,0 +1,103 @@
+"""Regression tests for defects found in review; each names what broke."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+
+import backgrounder
+from backgrounder import Task
+
+
+def run_script(source: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(source)], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_fork_while_another_thread_submits_does_not_deadlock():
+    # The pool's lock used to be held across Python's fork hooks, during which
+    # the forking thread could lose the GIL to a thread that then blocked on it.
+    out = run_script(
+        """
+        import logging, os, sys, threading, time, warnings
+        warnings.simplefilter("ignore", DeprecationWarning)   # fork with threads, 3.12+
+        os.register_at_fork(before=lambda: time.sleep(0.001))  # a hook that lets the GIL go
+        sys.setswitchinterval(1e-6)
+        from backgrounder import background
+
+        @background
+        def work(i):
+            return i
+
+        stop = False
+        def feeder():
+            while not stop:
+                for h in [work(i) for i in range(100)]:
+                    h.result()
+        threading.Thread(target=feeder, daemon=True).start()
+        time.sleep(0.1)
+        for n in range(40):
+            pid = os.fork()
+            if pid == 0:
+                os._exit(0 if work(n).result(timeout=10) == n else 1)
+            _, status = os.waitpid(pid, 0)
+            assert status == 0, status
+        stop = True
+        print("forked", n + 1)
+        """
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "forked 40"
+
+
+def test_a_huge_idle_timeout_does_not_hang_the_pool():
+    # A deadline past time_t's range made pthread_cond_timedwait fail at once,
+    # and the idle wait spun forever holding the pool's lock.
+    out = run_script(
+        """
+        import sys, backgrounder
+        from backgrounder import background
+        backgrounder.configure(idle_timeout=sys.float_info.max)
+        @background
+        def f(x):
+            return x
+        print(sum(f(i).result(timeout=10) for i in range(100)))
+        """,
+        timeout=30,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(sum(range(100)))
+
+
+def test_repr_survives_a_func_repr_that_replaces_the_args():
+    class Evil:
+        def __call__(self):
+            pass
+
+        def __repr__(self):
+            task.args = ()
+            [tuple([object()]) for _ in range(1000)]
+            return "evil"
+
+    task = Task(Evil(), *[object() for _ in range(3)])
+    assert repr(task).startswith("Task(func=evil, args=(<object object")
+
+
+def test_sending_into_a_call_before_it_is_settled_raises_a_real_exception():
+    release = threading.Event()
+
+    async def main():
+        call = Task(release.wait, 5)()
+        call.send(None)   # submitted; its future is not settled yet
+        with pytest.raises(asyncio.InvalidStateError):
+            call.send(None)
+        release.set()
+
+    asyncio.run(main())
+    assert backgrounder.wait_idle(5)
