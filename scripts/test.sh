@@ -6,13 +6,15 @@
 #   PYTHON=python3.13 VENV=.venv-313 bash scripts/test.sh -m "not typing"
 #
 # TYPING=0 leaves out mypy and pyright (then deselect the typing tests with
-# -m "not typing" rather than let them skip).
+# -m "not typing" rather than let them skip).  PACKAGE=dist/x.whl tests a
+# built wheel instead of building the source tree.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 TYPING=${TYPING:-1}
+PACKAGE=${PACKAGE:-.}
 
 if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
@@ -30,7 +32,7 @@ if [ "$TYPING" = 1 ]; then
 fi
 pip_install "${reqs[@]}"
 "$VENV/bin/python" -m pip uninstall --quiet --yes backgrounder >/dev/null 2>&1 || true
-BACKGROUNDER_WERROR=1 pip_install .
+BACKGROUNDER_WERROR=1 pip_install "$PACKAGE"
 
 # The pytest executable, not `python -m pytest`: the source tree must not
 # shadow the installed package.
