@@ -162,3 +162,23 @@ def test_a_task_in_a_background_loop_thread_can_use_run_sync():
         return sync_part()
 
     assert outer().result(timeout=10) == 5
+
+
+@pytest.mark.parametrize(
+    "obj, signature",
+    [
+        (Task, "(func, /, *args, **kwargs)"),
+        (Tasks, "(tasks=None, as_group=False)"),
+        (background, "(fn, /)"),
+        (backgrounder.configure, "(*, max_workers=None, idle_timeout=None, on_error=None)"),
+        (backgrounder.shutdown, "(wait=True, *, timeout=None)"),
+        (backgrounder.wait_idle, "(timeout=None)"),
+        (run_in_threadpool, "(func, /, *args, **kwargs)"),
+        (backgrounder.BackgroundHandle.result, "(self, /, timeout=None)"),
+    ],
+)
+def test_help_shows_the_signatures_of_the_c_types_and_functions(obj, signature):
+    import inspect
+
+    assert str(inspect.signature(obj)) == signature
+    assert obj.__doc__
