@@ -31,7 +31,8 @@ if os.environ.get("BACKGROUNDER_DEBUG") == "1":
 sanitize = os.environ.get("BACKGROUNDER_SANITIZE", "")
 if sanitize == "address":
     flags = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined"]
-    compile_args += flags + ["-O1", "-g"]
+    # CPython's CFLAGS carry -fwrapv, which turns UBSan's signed-overflow check off.
+    compile_args += flags + ["-O1", "-g", "-fno-wrapv"]
     link_args += flags
 elif sanitize == "thread":
     flags = ["-fsanitize=thread"]
@@ -40,7 +41,15 @@ elif sanitize == "thread":
 elif sanitize:
     raise SystemExit(f"BACKGROUNDER_SANITIZE must be 'address' or 'thread', not {sanitize!r}")
 
+# Each combination of switches builds in a directory of its own: setuptools
+# reuses object files that look newer than their sources, whatever built them.
+flavour = "-".join(
+    name for name, on in [("werror", "-Werror" in compile_args), ("debug", "BG_DEBUG" in dict(macros)),
+                          (sanitize, bool(sanitize))] if on
+) or "release"
+
 setup(
+    options={"build": {"build_base": os.path.join("build", flavour)}},
     ext_modules=[
         Extension(
             "backgrounder._backgrounder",

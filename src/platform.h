@@ -101,6 +101,13 @@ bg_atfork(void (*prepare)(void), void (*parent)(void), void (*child)(void))
     return pthread_atfork(prepare, parent, child);
 }
 
+/* A thread-local pointer (a pthread key rather than _Thread_local, whose
+   dynamic TLS in a dlopen()ed module glibc frees behind TSan's back). */
+typedef pthread_key_t bg_tls;
+static inline int bg_tls_create(bg_tls *key) { return pthread_key_create(key, NULL); }
+static inline void *bg_tls_get(bg_tls key) { return pthread_getspecific(key); }
+static inline void bg_tls_set(bg_tls key, void *value) { pthread_setspecific(key, value); }
+
 typedef void *(*bg_thread_func)(void *);
 
 /* Starts a detached thread.  Returns 0, or an errno value. */

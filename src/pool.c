@@ -83,6 +83,8 @@ pool_debug_counters(uint64_t out[4])
         assert((p)->nidle >= 0 && (p)->nsearching >= 0);                      \
         assert((p)->tokens >= 0 && (p)->tokens <= (p)->nidle);               \
         assert((p)->nworkers <= (p)->nthreads);                               \
+        assert((p)->nsearching <= (p)->nworkers && (p)->nidle <= (p)->nworkers); \
+        assert((p)->running <= (p)->nworkers && (p)->nspinning <= 1);        \
         assert(((p)->head == NULL) == ((p)->queued == 0));                    \
     } while (0)
 #else
@@ -168,10 +170,12 @@ queue_remove(bg_pool *pool, bg_item *item)
 static bg_mutex registry_mu = BG_MUTEX_INITIALIZER;
 static bg_pool *registry;
 
-/* The pool whose worker the current thread is, if it is one.  A plain C
-   pointer, no Python object: lets a task that waits on its own pool (calls
-   shutdown, say) leave itself out of the wait. */
-static _Thread_local bg_pool *current_worker_of;
+/* The pool whose worker the current thread is, if it is one (a plain C
+   pointer, no Python object): lets a task that waits on its own pool (calls
+   shutdown, say) leave itself out of the wait.  Created with the fork
+   handlers, once per process. */
+static bg_tls worker_key;
+#define current_worker_of ((bg_pool *)bg_tls_get(worker_key))
 
 static int pool_init_sync(bg_pool *pool);
 
@@ -224,7 +228,10 @@ static int atfork_err;
 static void
 atfork_register(void)
 {
-    atfork_err = bg_atfork(atfork_prepare, atfork_parent, atfork_child);
+    atfork_err = bg_tls_create(&worker_key);
+    if (atfork_err == 0) {
+        atfork_err = bg_atfork(atfork_prepare, atfork_parent, atfork_child);
+    }
 }
 
 /* ---- lifetime -------------------------------------------------------------- */
@@ -611,7 +618,7 @@ worker_main(void *arg)
 {
     bg_pool *pool = arg;
     bg_thread_set_name("backgrounder");
-    current_worker_of = pool;
+    bg_tls_set(worker_key, pool);
     PyThreadState *tstate = PyThreadState_New(pool->interp);
 
     bg_mutex_lock(&pool->mu);
@@ -651,7 +658,7 @@ worker_main(void *arg)
         PyThreadState_Clear(tstate);
         PyThreadState_DeleteCurrent();
     }
-    current_worker_of = NULL;
+    bg_tls_set(worker_key, NULL);
     DBG_COUNT(dbg_threads_ended);
 
     bg_mutex_lock(&pool->mu);
