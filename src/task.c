@@ -284,26 +284,49 @@ call_state(CallObject *self)
 }
 
 /* Ends the call: a future still waited on is cancelled, so a call not yet
-   started never starts.  Returns 0, or -1 with an exception set. */
+   started never starts.  If the call already failed (its future settled
+   with an exception the awaiting task will now never read: it was
+   cancelled just after), the exception is reported, not left to asyncio's
+   "never retrieved".  `thrown` is what the awaiting task throws in, if
+   anything: only a cancellation makes the exception a lost one.  Returns 0,
+   or -1 with an exception set. */
 static int
-call_abandon(CallObject *self)
+call_abandon(CallObject *self, PyObject *thrown)
 {
-    PyObject *fut = self->fut;
-    self->fut = NULL;
+    bg_state *st = call_state(self);
+    PyObject *fut = self->fut, *func = self->func;
+    self->fut = self->func = NULL;
     self->state = CALL_DONE;
-    Py_CLEAR(self->func);
     Py_CLEAR(self->args);
     Py_CLEAR(self->kwargs);
-    if (fut == NULL) {
-        return 0;
+    int r = 0;
+    if (fut != NULL) {
+        PyObject *res = PyObject_CallMethodNoArgs(fut, st->str_cancel);
+        if (res == NULL) {
+            r = -1;
+        }
+        else if (res == Py_False) {
+            /* Already done: settled, or cancelled. */
+            PyObject *cancelled = PyObject_CallMethodNoArgs(fut, st->str_cancelled);
+            PyObject *exc = cancelled == Py_False ? PyObject_CallMethodNoArgs(fut, st->str_exception) : NULL;
+            /* Only when a cancellation comes in: otherwise the awaiting task
+               is being handed this very exception (asyncio throws it in, or
+               closes the coroutine for a GeneratorExit). */
+            if (exc != NULL && exc != Py_None && thrown != NULL && exc != thrown
+                && PyObject_TypeCheck(thrown, (PyTypeObject *)st->cancelled_error)) {
+                bg_report_error(st, BG_CALL_FAILED, func ? func : Py_None, exc);
+            }
+            if (cancelled == NULL || (cancelled == Py_False && exc == NULL)) {
+                r = -1;
+            }
+            Py_XDECREF(exc);
+            Py_XDECREF(cancelled);
+        }
+        Py_XDECREF(res);
+        Py_DECREF(fut);
     }
-    PyObject *res = PyObject_CallMethodNoArgs(fut, call_state(self)->str_cancel);
-    Py_DECREF(fut);
-    if (res == NULL) {
-        return -1;
-    }
-    Py_DECREF(res);
-    return 0;
+    Py_XDECREF(func);
+    return r;
 }
 
 /* Submits the call to the pool and yields the future it will settle. */
@@ -342,10 +365,10 @@ call_submit(CallObject *self, PyObject **result)
         goto error;
     }
     item->target = Py_NewRef(fut);
-    item->func = self->func;       /* the item takes the call's references */
-    item->args = self->args;
+    item->func = Py_NewRef(self->func);   /* kept here too: named if the call fails unawaited */
+    item->args = self->args;              /* the item takes the call's references */
     item->kwargs = self->kwargs;
-    self->func = self->args = self->kwargs = NULL;
+    self->args = self->kwargs = NULL;
     if (pool_submit(st->pool, item) < 0) {
         bridge_forget(item);
         goto error;
@@ -380,6 +403,7 @@ call_send(PyObject *op, PyObject *value, PyObject **result)
         PyObject *fut = self->fut;
         self->fut = NULL;
         self->state = CALL_DONE;
+        Py_CLEAR(self->func);
         PyObject *res = PyObject_CallMethodNoArgs(fut, call_state(self)->str_result);
         if (res == NULL) {
             /* Resumed before the future was settled: not by asyncio.  Give
@@ -409,7 +433,7 @@ static PySendResult
 call_throw(PyObject *op, PyObject *exc, PyObject **result)
 {
     (void)result;
-    if (call_abandon((CallObject *)op) < 0) {
+    if (call_abandon((CallObject *)op, exc) < 0) {
         PyErr_WriteUnraisable(op);
     }
     bg_raise(exc);
@@ -419,7 +443,7 @@ call_throw(PyObject *op, PyObject *exc, PyObject **result)
 static int
 call_close(PyObject *op)
 {
-    return call_abandon((CallObject *)op);
+    return call_abandon((CallObject *)op, NULL);
 }
 
 static const bg_coro_ops call_ops = {call_send, call_throw, call_close};
@@ -461,7 +485,7 @@ call_finalize(CallObject *self)
         }
         self->state = CALL_DONE;
     }
-    else if (call_abandon(self) < 0) {
+    else if (call_abandon(self, NULL) < 0) {
         /* Its loop is closed ("Event loop is closed"): nothing to cancel. */
         if (PyErr_ExceptionMatches(PyExc_RuntimeError)) {
             PyErr_Clear();

@@ -101,3 +101,31 @@ def test_sending_into_a_call_before_it_is_settled_raises_a_real_exception():
 
     asyncio.run(main())
     assert backgrounder.wait_idle(5)
+
+
+def test_a_call_abandoned_after_it_failed_reports_the_exception(run):
+    # A group cancelled a child just after the child's sync call had settled
+    # its future with an exception: nobody read it, and only asyncio's
+    # "exception was never retrieved" mentioned it.
+    class Boom(Exception):
+        pass
+
+    def fail():
+        raise Boom("abandoned")
+
+    reported = []
+    backgrounder.configure(on_error=reported.append)
+    try:
+
+        async def main():
+            call = Task(fail)()
+            fut = call.send(None)
+            while not fut.done():
+                await asyncio.sleep(0.001)
+            with pytest.raises(asyncio.CancelledError):
+                call.throw(asyncio.CancelledError())
+
+        run(main())
+    finally:
+        backgrounder.configure(on_error=None)
+    assert [str(e) for e in reported] == ["abandoned"]
