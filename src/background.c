@@ -569,21 +569,11 @@ wait_clear(WaitObject *self)
     return 0;
 }
 
-static void
-wait_dealloc(WaitObject *self)
-{
-    PyTypeObject *tp = Py_TYPE(self);
-    PyObject_GC_UnTrack(self);
-    wait_clear(self);
-    tp->tp_free(self);
-    Py_DECREF(tp);
-}
-
 static PyType_Slot wait_slots[] = {
     BG_CORO_SLOTS,
     {Py_tp_traverse, wait_traverse},
     {Py_tp_clear, wait_clear},
-    {Py_tp_dealloc, wait_dealloc},
+    {Py_tp_dealloc, bg_gc_dealloc},
     {Py_tp_doc, "An await of a BackgroundHandle."},
     {0, NULL},
 };

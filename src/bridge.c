@@ -240,22 +240,10 @@ inbox_clear(InboxObject *self)
     return 0;
 }
 
-static void
-inbox_dealloc(InboxObject *self)
-{
-    PyTypeObject *tp = Py_TYPE(self);
-    PyObject_GC_UnTrack(self);
-    /* Items hold a reference to their inbox: none is left here. */
-    assert(self->head == NULL);
-    inbox_clear(self);
-    tp->tp_free(self);
-    Py_DECREF(tp);
-}
-
 static PyType_Slot inbox_slots[] = {
     {Py_tp_traverse, inbox_traverse},
     {Py_tp_clear, inbox_clear},
-    {Py_tp_dealloc, inbox_dealloc},
+    {Py_tp_dealloc, bg_gc_dealloc},
     {Py_tp_doc, "Completions on their way to one event loop (internal)."},
     {0, NULL},
 };

@@ -38,6 +38,16 @@ get_state_by_type(PyTypeObject *tp)
 #endif
 }
 
+void
+bg_gc_dealloc(PyObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    tp->tp_clear(self);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
 PyObject *
 bg_type_name(PyTypeObject *tp)
 {

@@ -116,6 +116,11 @@ int bg_is_async_callable(bg_state *st, PyObject *func);
 #define BG_CALL_FAILED "background call %s failed"
 void bg_report_error(bg_state *st, const char *what, PyObject *func, PyObject *exc);
 
+/* tp_dealloc of the module's internal GC types (not subclassable, no
+   finalizer, no weak references): untracks, clears with the type's own
+   tp_clear, frees, and drops the reference to the heap type. */
+void bg_gc_dealloc(PyObject *self);
+
 /* Each file's types, added to the module in exec.  Return 0 or -1. */
 int task_init_types(PyObject *module, bg_state *st);
 int tasks_init_types(PyObject *module, bg_state *st);

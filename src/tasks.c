@@ -156,21 +156,11 @@ seq_clear(SeqObject *self)
     return 0;
 }
 
-static void
-seq_dealloc(SeqObject *self)
-{
-    PyTypeObject *tp = Py_TYPE(self);
-    PyObject_GC_UnTrack(self);
-    seq_clear(self);
-    tp->tp_free(self);
-    Py_DECREF(tp);
-}
-
 static PyType_Slot seq_slots[] = {
     BG_CORO_SLOTS,
     {Py_tp_traverse, seq_traverse},
     {Py_tp_clear, seq_clear},
-    {Py_tp_dealloc, seq_dealloc},
+    {Py_tp_dealloc, bg_gc_dealloc},
     {Py_tp_doc, "A run of a Tasks, one entry after another."},
     {0, NULL},
 };
@@ -553,21 +543,11 @@ group_clear(GroupObject *self)
     return 0;
 }
 
-static void
-group_dealloc(GroupObject *self)
-{
-    PyTypeObject *tp = Py_TYPE(self);
-    PyObject_GC_UnTrack(self);
-    group_clear(self);
-    tp->tp_free(self);
-    Py_DECREF(tp);
-}
-
 static PyType_Slot group_slots[] = {
     BG_CORO_SLOTS,
     {Py_tp_traverse, group_traverse},
     {Py_tp_clear, group_clear},
-    {Py_tp_dealloc, group_dealloc},
+    {Py_tp_dealloc, bg_gc_dealloc},
     {Py_tp_doc, "A run of a Tasks as a group: every entry at once."},
     {0, NULL},
 };
