@@ -6,6 +6,9 @@ hands back a handle, from sync or async code.  Sync callables run on a native
 thread pool, async ones on the asyncio loop.
 """
 
+import asyncio
+
+from . import _backgrounder
 from ._backgrounder import (
     BackgroundHandle,  # noqa
     Task,
@@ -17,6 +20,21 @@ from ._backgrounder import (
     wait_idle,
 )
 
+
+async def drain(timeout: "float | None" = None) -> bool:
+    """Waits, without blocking the running loop, until no background work is
+    queued or running anywhere: on the pool, as async calls on any loop, on
+    backgrounder's own loop.  True when idle, False after ``timeout``
+    seconds.  Put it in a server's lifespan shutdown so that background work
+    finishes before the loop ends.  Called from an async ``@background``
+    call, it does not wait for that call itself."""
+    _backgrounder._check_timeout(timeout, "drain() argument 'timeout'")
+    loop = asyncio.get_running_loop()
+    me = _backgrounder._is_background_task(asyncio.current_task())
+    # The wait blocks a thread, not the loop: the loop's own background
+    # calls go on meanwhile.
+    return await loop.run_in_executor(None, _backgrounder._wait_drained, timeout, me)
+
 __version__ = "1.0.0"
 
 __all__ = [
@@ -25,6 +43,7 @@ __all__ = [
     "Tasks",
     "background",
     "configure",
+    "drain",
     "shutdown",
     "stats",
     "wait_idle",

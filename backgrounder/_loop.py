@@ -10,6 +10,7 @@ before the interpreter finalizes.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextvars
 import sys
 import threading
@@ -62,7 +63,12 @@ class LoopThread:
         done: Callable[[asyncio.Future[Any]], object],
     ) -> None:
         # The task copies the current context: run create_task in the caller's.
-        task = context.run(self.loop.create_task, coro)
+        try:
+            task: asyncio.Future[Any] = context.run(self.loop.create_task, coro)
+        except BaseException as exc:  # never leave the call pending
+            coro.close()
+            task = self.loop.create_future()
+            task.set_exception(exc)
         self._tasks.add(task)
         task.add_done_callback(done)
         task.add_done_callback(self._finished)
@@ -86,8 +92,21 @@ class LoopThread:
 
     def run(self, coro: Coroutine[Any, Any, Any]) -> Any:
         """Runs ``coro`` to completion on this loop and returns its result
-        (for run_sync from inside another running loop)."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+        (for run_sync from inside another running loop).  Counted as pending
+        like a submitted call, so that stop() lets it finish; RuntimeError
+        once the loop is stopping."""
+        outcome: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def done(task: asyncio.Future[Any]) -> None:
+            if task.cancelled():
+                outcome.cancel()
+            elif task.exception() is not None:
+                outcome.set_exception(task.exception())
+            else:
+                outcome.set_result(task.result())
+
+        self.submit(coro, contextvars.copy_context(), done)
+        return outcome.result()
 
     def stop(self, wait: bool, timeout: float | None) -> bool:
         """Stops the loop once the pending coroutines are done: none is lost.
@@ -100,6 +119,12 @@ class LoopThread:
         if wait and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
         return not self._thread.is_alive()
+
+
+async def as_coroutine(awaitable: Any) -> Any:
+    """A coroutine of any awaitable: what a function marked as a coroutine
+    function (inspect.markcoroutinefunction) returned, for create_task."""
+    return await awaitable
 
 
 def ends_with_the_call(loop: asyncio.AbstractEventLoop) -> bool:

@@ -5,6 +5,7 @@ pool, an async one is awaited); the rest are thin wrappers over it.
 """
 
 import asyncio
+import inspect
 from collections.abc import Callable, Coroutine
 from concurrent import futures
 from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
@@ -65,6 +66,15 @@ class AsyncCallable(Generic[P, T]):
 
     async def run_in_threadpool(self, *args: P.args, **kwargs: P.kwargs) -> T:
         return await self(*args, **kwargs)
+
+
+# Calling an AsyncCallable gives an awaitable, as an async function does: so
+# that Task(AsyncCallable(f)), frameworks and inspect await it rather than run
+# it as a sync callable and drop what it returns.
+if hasattr(inspect, "markcoroutinefunction"):  # 3.12+
+    inspect.markcoroutinefunction(AsyncCallable.__call__)
+else:  # asyncio's marker, not deprecated before 3.14
+    AsyncCallable.__call__._is_coroutine = asyncio.coroutines._is_coroutine  # type: ignore[attr-defined]
 
 
 @overload

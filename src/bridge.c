@@ -2,6 +2,7 @@
  * loop wake-up per batch.  See bridge.h.
  */
 #include "bridge.h"
+#include "report.h"
 
 typedef struct {
     PyObject_HEAD
@@ -110,12 +111,11 @@ bridge_forget(bg_item *item)
     Py_DECREF(inbox);
 }
 
-/* On the loop thread.  Settles the item's future with its result or
-   exception; a future cancelled meanwhile drops it. */
-static void
-settle(bg_state *st, bg_item *item)
+/* Calls fut.set_result(item's result) or fut.set_exception(item's
+   exception).  Returns 0, or -1 with an exception set. */
+static int
+set_outcome(bg_state *st, PyObject *fut, bg_item *item)
 {
-    PyObject *fut = item->target;
     PyObject *res;
     if (item->exc == NULL) {
         res = PyObject_CallMethodOneArg(fut, st->str_set_result, item->result);
@@ -126,39 +126,99 @@ settle(bg_state *st, bg_item *item)
         PyObject *wrapped = PyObject_CallFunction(
             PyExc_RuntimeError, "s", "the background call raised StopIteration");
         if (wrapped == NULL) {
-            wrapped = bg_fetch_exception();   /* MemoryError: settle with it, never hang */
+            return -1;
         }
-        else {
-            PyException_SetCause(wrapped, Py_NewRef(item->exc));
-            PyException_SetContext(wrapped, Py_NewRef(item->exc));
-        }
+        PyException_SetCause(wrapped, Py_NewRef(item->exc));
+        PyException_SetContext(wrapped, Py_NewRef(item->exc));
         res = PyObject_CallMethodOneArg(fut, st->str_set_exception, wrapped);
         Py_DECREF(wrapped);
     }
     else {
         res = PyObject_CallMethodOneArg(fut, st->str_set_exception, item->exc);
     }
-    if (res != NULL) {
-        Py_DECREF(res);
+    Py_XDECREF(res);
+    return res ? 0 : -1;
+}
+
+/* 1 if fut.done(), 0 if not, -1 with an exception set. */
+static int
+future_is_done(bg_state *st, PyObject *fut)
+{
+    PyObject *done = PyObject_CallMethodNoArgs(fut, st->str_done);
+    if (done == NULL) {
+        return -1;
+    }
+    int r = PyObject_IsTrue(done);
+    Py_DECREF(done);
+    return r;
+}
+
+/* 1 if `exc` is a KeyboardInterrupt, SystemExit or the like: an exception
+   that must reach the loop's caller rather than an awaiting task. */
+static int
+is_interrupt(PyObject *exc)
+{
+    return !PyErr_GivenExceptionMatches(exc, PyExc_Exception);
+}
+
+/* On the loop thread.  Settles the item's future with its result or
+   exception; a future cancelled meanwhile drops it (its error reported).
+   If settling fails, the awaiting task is still woken: the outcome is set
+   again, or the failure is set in its place, or the future is cancelled.
+   A KeyboardInterrupt or SystemExit met on the way is stored in
+   *interrupt (if none is yet) for the drain to raise once the batch is
+   settled: never swallowed. */
+static void
+settle(bg_state *st, bg_item *item, PyObject **interrupt)
+{
+    PyObject *fut = item->target;
+    if (set_outcome(st, fut, item) == 0) {
         pool_count_completion(item->pool);
         return;
     }
-    /* Most likely the awaiting task was cancelled while the call ran. */
     PyObject *err = bg_fetch_exception();
-    PyObject *cancelled = PyObject_CallMethodNoArgs(fut, st->str_cancelled);
-    if (cancelled == Py_True) {
-        if (item->exc) {
-            bg_report_error(st, BG_CALL_FAILED, item->func, item->exc);   /* nobody awaits it now */
+    int done = future_is_done(st, fut);
+    if (done < 0) {
+        PyErr_WriteUnraisable(fut);
+    }
+    if (done == 0) {
+        /* Interrupted on the way (a signal, a failed allocation): once more,
+           then the failure itself, then a cancellation: the task wakes. */
+        if (set_outcome(st, fut, item) == 0) {
+            pool_count_completion(item->pool);
+        }
+        else {
+            PyErr_Clear();
+            PyObject *res = PyObject_CallMethodOneArg(fut, st->str_set_exception, err);
+            if (res == NULL) {
+                PyErr_Clear();
+                res = PyObject_CallMethodNoArgs(fut, st->str_cancel);
+            }
+            if (res == NULL) {
+                PyErr_WriteUnraisable(fut);
+            }
+            Py_XDECREF(res);
         }
     }
-    else {
+    else if (done == 1) {
+        PyObject *cancelled = PyObject_CallMethodNoArgs(fut, st->str_cancelled);
         if (cancelled == NULL) {
             PyErr_WriteUnraisable(fut);
         }
+        else if (cancelled == Py_True && item->exc != NULL) {
+            bg_report_error(st, BG_CALL_FAILED, item->func, item->exc);   /* nobody awaits it now */
+        }
+        Py_XDECREF(cancelled);
+    }
+    if (is_interrupt(err)) {
+        if (*interrupt == NULL) {
+            *interrupt = Py_NewRef(err);
+        }
+    }
+    else if (done != 1 || !PyErr_GivenExceptionMatches(err, st->invalid_state)) {
         bg_raise(err);
         PyErr_WriteUnraisable(fut);
     }
-    Py_XDECREF(cancelled);
     Py_DECREF(err);
 }
 
@@ -185,8 +245,9 @@ bridge_post(bg_item *item)
     inbox->armed = 1;
     DrainObject *drain = PyObject_New(DrainObject, st->drain_type);
     if (drain == NULL) {
+        /* The completions stay in the inbox: the next one tries again. */
+        inbox->armed = 0;
         PyErr_WriteUnraisable((PyObject *)inbox);
-        inbox_discard(st, inbox);
         return;
     }
     drain->inbox = (InboxObject *)Py_NewRef(inbox);
@@ -195,8 +256,10 @@ bridge_post(bg_item *item)
         inbox->loop, st->str_call_soon_threadsafe, (PyObject *)drain);
     if (res == NULL) {
         /* "Event loop is closed": expected, the completions are dropped by
-           the drain's dealloc below.  Anything else is reported. */
+           the drain's dealloc below.  Anything else (no memory): they stay,
+           for the next completion to try again. */
         if (!PyErr_ExceptionMatches(PyExc_RuntimeError)) {
+            inbox->armed = 0;
             PyErr_WriteUnraisable(inbox->loop);
         }
         PyErr_Clear();
@@ -226,16 +289,18 @@ const bg_item_ops bridge_future_ops = {future_start, bridge_post, 1};
 /* ---- Inbox ------------------------------------------------------------------ */
 
 static int
-inbox_traverse(InboxObject *self, visitproc visit, void *arg)
+inbox_traverse(PyObject *op, visitproc visit, void *arg)
 {
+    InboxObject *self = (InboxObject *)op;
     Py_VISIT(Py_TYPE(self));
     Py_VISIT(self->loop);
     return 0;
 }
 
 static int
-inbox_clear(InboxObject *self)
+inbox_clear(PyObject *op)
 {
+    InboxObject *self = (InboxObject *)op;
     Py_CLEAR(self->loop);
     return 0;
 }
@@ -259,10 +324,11 @@ static PyType_Spec inbox_spec = {
 /* ---- Drain ------------------------------------------------------------------ */
 
 static PyObject *
-drain_call(DrainObject *self, PyObject *args, PyObject *kwargs)
+drain_call(PyObject *op, PyObject *args, PyObject *kwargs)
 {
     (void)args;
     (void)kwargs;
+    DrainObject *self = (DrainObject *)op;
     InboxObject *inbox = self->inbox;
     bg_state *st = inbox_state(inbox);
     if (self->ran) {
@@ -275,21 +341,28 @@ drain_call(DrainObject *self, PyObject *args, PyObject *kwargs)
     pool_count_wakeup(st->pool);
     Py_INCREF(inbox);
     Py_ssize_t n = 0;
+    PyObject *interrupt = NULL;
     while (items) {
         bg_item *item = items;
         items = item->next;
-        settle(st, item);
+        settle(st, item, &interrupt);
         pool_item_free(item);
         n++;
     }
     inbox_uncount(st, inbox, n);
     Py_DECREF(inbox);
+    if (interrupt != NULL) {
+        bg_raise(interrupt);   /* Ctrl-C reaches the loop's caller */
+        Py_DECREF(interrupt);
+        return NULL;
+    }
     Py_RETURN_NONE;
 }
 
 static void
-drain_dealloc(DrainObject *self)
+drain_dealloc(PyObject *op)
 {
+    DrainObject *self = (DrainObject *)op;
     PyTypeObject *tp = Py_TYPE(self);
     InboxObject *inbox = self->inbox;
     if (!self->ran && inbox->armed) {

@@ -1,5 +1,9 @@
 /* bridge.h: completions from pool threads back to an asyncio loop.
  *
+ * Chain: platform.h -> compat.h -> pool -> util -> report -> coro -> [bridge]
+ *        -> task / tasks / handle -> background -> module.
+ * Calls pool, util and report.
+ *
  * Each loop with completions pending has an Inbox (kept in the module state's
  * `inboxes` dict while it has some).  A pool thread that finishes an item
  * appends it to the inbox; only the append that finds no drain scheduled calls
@@ -10,7 +14,7 @@
 #ifndef BG_BRIDGE_H
 #define BG_BRIDGE_H
 
-#include "module.h"
+#include "util.h"
 
 /* GIL held, on the loop's thread.  Returns a new reference to the inbox of
    `loop`, made if needed, with one more pending completion counted; NULL
@@ -29,5 +33,8 @@ void bridge_post(bg_item *item);
 /* Pool ops for an item whose target is an asyncio future: it is skipped when
    the future is already done (cancelled), and posted to its inbox when run. */
 extern const bg_item_ops bridge_future_ops;
+
+/* Module exec: makes the Inbox and Drain types.  Returns 0 or -1. */
+int bridge_init_types(PyObject *module, bg_state *st);
 
 #endif /* BG_BRIDGE_H */

@@ -1,289 +1,30 @@
 /* module.c: backgrounder._backgrounder, its state, exec and functions.
  *
+ * Chain: platform.h -> compat.h -> pool -> util -> report -> coro -> bridge
+ *        -> task / tasks / handle -> background -> [module].
+ * The only file that includes every header: nothing calls up into it.
+ *
  * Multi-phase init (PEP 489): every module object has its own state and its
  * own pool.  Exec looks up what the engine needs from asyncio and functools,
  * makes the types, and registers the pool with the interpreter's lifecycle:
  * at exit, accepted work is finished before non-daemon threads are joined
- * (threading's own atexit, as concurrent.futures does) and the workers are
- * gone before the interpreter finalizes (atexit); at fork, the child gets a
- * fresh pool (os.register_at_fork).
+ * and before concurrent.futures refuses new work (threading's own atexit,
+ * registered after concurrent.futures' so that it runs first), and the
+ * workers are gone before the interpreter finalizes (atexit); at fork, the
+ * child gets a fresh pool (os.register_at_fork).
  */
-#include "module.h"   /* first: Python.h sets the feature macros */
+#include "util.h"   /* first: Python.h sets the feature macros */
 #include "platform.h"
+#include "pool.h"
+#include "report.h"
+#include "coro.h"
+#include "bridge.h"
 #include "task.h"
-#include <math.h>
-
-/* ---- helpers the other files share ----------------------------------------- */
-
-bg_state *
-get_state_by_type(PyTypeObject *tp)
-{
-#if PY_VERSION_HEX >= 0x030B0000
-    PyObject *mod = PyType_GetModuleByDef(tp, &bg_module_def);
-    return mod ? get_state(mod) : NULL;
-#else
-    PyObject *mro = tp->tp_mro;
-    for (Py_ssize_t i = 0; mro && i < PyTuple_GET_SIZE(mro); i++) {
-        PyTypeObject *base = (PyTypeObject *)PyTuple_GET_ITEM(mro, i);
-        if (!PyType_HasFeature(base, Py_TPFLAGS_HEAPTYPE)) {
-            continue;
-        }
-        PyObject *mod = ((PyHeapTypeObject *)base)->ht_module;
-        if (mod != NULL && PyModule_GetDef(mod) == &bg_module_def) {
-            return get_state(mod);
-        }
-    }
-    PyErr_Format(PyExc_TypeError, "type %s is not defined by backgrounder", tp->tp_name);
-    return NULL;
-#endif
-}
-
-void
-bg_gc_dealloc(PyObject *self)
-{
-    PyTypeObject *tp = Py_TYPE(self);
-    PyObject_GC_UnTrack(self);
-    tp->tp_clear(self);
-    tp->tp_free(self);
-    Py_DECREF(tp);
-}
-
-PyObject *
-bg_type_name(PyTypeObject *tp)
-{
-#if PY_VERSION_HEX >= 0x030B0000
-    return PyType_GetName(tp);
-#else
-    return PyObject_GetAttrString((PyObject *)tp, "__name__");
-#endif
-}
-
-PyObject *
-bg_fetch_exception(void)
-{
-#if PY_VERSION_HEX >= 0x030C0000
-    return PyErr_GetRaisedException();
-#else
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
-    if (type == NULL) {
-        return NULL;
-    }
-    PyErr_NormalizeException(&type, &value, &tb);
-    if (tb != NULL) {
-        PyException_SetTraceback(value, tb);
-    }
-    Py_XDECREF(type);
-    Py_XDECREF(tb);
-    return value;
-#endif
-}
-
-void
-bg_raise(PyObject *exc)
-{
-    PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
-}
-
-void
-bg_set_stop_iteration(PyObject *value)
-{
-    if (value == Py_None) {
-        PyErr_SetNone(PyExc_StopIteration);
-        return;
-    }
-    /* StopIteration(value) built explicitly: a tuple must stay one value. */
-    PyObject *exc = PyObject_CallOneArg(PyExc_StopIteration, value);
-    if (exc != NULL) {
-        PyErr_SetObject(PyExc_StopIteration, exc);
-        Py_DECREF(exc);
-    }
-}
-
-/* 1 or 0 when the answer is plain from the object's type, -1 when it takes
-   asyncio.iscoroutinefunction (decorated functions, callable objects). */
-static int
-is_async_fast(PyObject *obj)
-{
-    if (PyMethod_Check(obj)) {
-        obj = PyMethod_GET_FUNCTION(obj);
-    }
-    if (PyFunction_Check(obj)) {
-        PyCodeObject *code = (PyCodeObject *)PyFunction_GET_CODE(obj);
-        if (code->co_flags & CO_COROUTINE) {
-            return 1;
-        }
-        PyObject *dict = ((PyFunctionObject *)obj)->func_dict;
-        return (dict == NULL || PyDict_GET_SIZE(dict) == 0) ? 0 : -1;
-    }
-    if (PyCFunction_Check(obj)) {
-        return 0;
-    }
-    return -1;
-}
-
-/* Returns asyncio.iscoroutinefunction(obj) as 1/0, or -1 with an exception. */
-static int
-call_iscoroutinefunction(bg_state *st, PyObject *obj)
-{
-    PyObject *res = PyObject_CallOneArg(st->iscoroutinefunction, obj);
-    if (res == NULL) {
-        return -1;
-    }
-    int r = PyObject_IsTrue(res);
-    Py_DECREF(res);
-    return r;
-}
-
-int
-bg_is_async_callable(bg_state *st, PyObject *func)
-{
-    PyObject *obj = Py_NewRef(func);
-    while (PyObject_TypeCheck(obj, (PyTypeObject *)st->partial_type)) {
-        PyObject *inner = PyObject_GetAttr(obj, st->str_func);
-        Py_DECREF(obj);
-        if (inner == NULL) {
-            return -1;
-        }
-        obj = inner;
-    }
-    int r = is_async_fast(obj);
-    if (r < 0) {
-        r = call_iscoroutinefunction(st, obj);
-        if (r == 0 && PyCallable_Check(obj) && !PyType_Check(obj)) {
-            PyObject *call = PyObject_GetAttr(obj, st->str_call);
-            r = call ? call_iscoroutinefunction(st, call) : -1;
-            Py_XDECREF(call);
-        }
-    }
-    Py_DECREF(obj);
-    return r;
-}
-
-/* Returns a new reference to a name for `func` fit for a log line: its
-   module and qualified name, never its arguments. */
-static PyObject *
-callable_name(bg_state *st, PyObject *func)
-{
-    PyObject *obj = Py_NewRef(func);
-    while (PyObject_TypeCheck(obj, (PyTypeObject *)st->partial_type)) {
-        PyObject *inner = PyObject_GetAttr(obj, st->str_func);
-        Py_DECREF(obj);
-        if (inner == NULL) {
-            PyErr_Clear();
-            return PyUnicode_FromString("<partial>");
-        }
-        obj = inner;
-    }
-    PyObject *name = PyObject_GetAttrString(obj, "__qualname__");
-    if (name == NULL || !PyUnicode_Check(name)) {
-        PyErr_Clear();
-        Py_XDECREF(name);
-        name = bg_type_name(Py_TYPE(obj));
-        if (name == NULL) {
-            PyErr_Clear();
-            name = PyUnicode_FromString("<callable>");
-        }
-    }
-    PyObject *module = PyObject_GetAttrString(obj, "__module__");
-    if (module != NULL && PyUnicode_Check(module) && name != NULL) {
-        Py_SETREF(name, PyUnicode_FromFormat("%U.%U", module, name));
-    }
-    else {
-        PyErr_Clear();
-    }
-    Py_XDECREF(module);
-    Py_DECREF(obj);
-    return name;
-}
-
-void
-bg_report_error(bg_state *st, const char *what, PyObject *func, PyObject *exc)
-{
-    PyObject *saved = bg_fetch_exception();
-    PyObject *res = NULL, *name = NULL, *logger = NULL, *kwargs = NULL;
-    if (st->on_error != NULL) {
-        PyObject *on_error = Py_NewRef(st->on_error);
-        res = PyObject_CallOneArg(on_error, exc);
-        if (res == NULL) {
-            PyErr_WriteUnraisable(on_error);
-        }
-        Py_DECREF(on_error);
-        goto done;
-    }
-    if (st->logger == NULL) {
-        PyObject *logging = PyImport_ImportModule("logging");
-        if (logging == NULL) {
-            goto fail;
-        }
-        st->logger = PyObject_CallMethod(logging, "getLogger", "s", "backgrounder");
-        Py_DECREF(logging);
-        if (st->logger == NULL) {
-            goto fail;
-        }
-    }
-    logger = Py_NewRef(st->logger);
-    name = callable_name(st, func);
-    kwargs = Py_BuildValue("{sO}", "exc_info", exc);
-    if (name == NULL || kwargs == NULL) {
-        goto fail;
-    }
-    PyObject *error = PyObject_GetAttrString(logger, "error");
-    if (error == NULL) {
-        goto fail;
-    }
-    PyObject *args = Py_BuildValue("(sO)", what, name);
-    res = args ? PyObject_Call(error, args, kwargs) : NULL;
-    Py_XDECREF(args);
-    Py_DECREF(error);
-    if (res == NULL) {
-        goto fail;
-    }
-    goto done;
-fail:
-    PyErr_WriteUnraisable(exc);
-done:
-    Py_XDECREF(res);
-    Py_XDECREF(name);
-    Py_XDECREF(logger);
-    Py_XDECREF(kwargs);
-    if (saved) {
-        bg_raise(saved);
-        Py_DECREF(saved);
-    }
-}
+#include "tasks.h"
+#include "handle.h"
+#include "background.h"
 
 /* ---- module functions ------------------------------------------------------ */
-
-/* Parses a timeout: None gives -1 (no limit); a real number >= 0 itself.
-   Returns 0, or -1 with TypeError/ValueError naming the value. */
-static int
-parse_timeout(const char *func, const char *arg, PyObject *value, double *out)
-{
-    if (value == NULL || value == Py_None) {
-        *out = -1.0;
-        return 0;
-    }
-    if (PyBool_Check(value) || !(PyLong_Check(value) || PyFloat_Check(value))) {
-        PyErr_Format(PyExc_TypeError, "%s() argument '%s' must be a number of seconds or None, not %R",
-                     func, arg, value);
-        return -1;
-    }
-    double d = PyFloat_AsDouble(value);
-    if (d == -1.0 && PyErr_Occurred()) {
-        return -1;
-    }
-    if (!(d >= 0) || isinf(d)) {
-        if (isinf(d) && d > 0) {
-            *out = -1.0;
-            return 0;
-        }
-        PyErr_Format(PyExc_ValueError, "%s() argument '%s' must be >= 0, not %R", func, arg, value);
-        return -1;
-    }
-    *out = d;
-    return 0;
-}
 
 static PyObject *
 bg_configure(PyObject *module, PyObject *args, PyObject *kwargs)
@@ -316,21 +57,21 @@ bg_configure(PyObject *module, PyObject *args, PyObject *kwargs)
         workers = (Py_ssize_t)n;
     }
     if (idle_timeout != Py_None) {
-        if (parse_timeout("configure", "idle_timeout", idle_timeout, &timeout) < 0) {
+        /* One rule, one message: a number of seconds > 0 (inf: never retire). */
+        if (bg_parse_timeout(idle_timeout, "configure() argument 'idle_timeout'", 1, &timeout) < 0) {
+            return NULL;
+        }
+        if (timeout == 0) {   /* 0, or negative: clamped to 0 */
+            PyErr_Format(PyExc_ValueError, "configure() argument 'idle_timeout' must be > 0 seconds, not %R",
+                         idle_timeout);
             return NULL;
         }
         if (timeout < 0) {
             timeout = 1e7;   /* inf: workers never retire (in practice) */
         }
-        else if (timeout == 0) {
-            PyErr_Format(PyExc_ValueError, "configure() argument 'idle_timeout' must be > 0 seconds, not %R",
-                         idle_timeout);
-            return NULL;
-        }
     }
-    if (on_error != NULL && on_error != Py_None && !PyCallable_Check(on_error)) {
-        PyErr_Format(PyExc_TypeError, "configure() argument 'on_error' must be callable or None, not %R",
-                     on_error);
+    if (on_error != NULL && on_error != Py_None
+        && bg_check_callable(on_error, "configure() argument 'on_error'") < 0) {
         return NULL;
     }
     if (on_error != NULL) {
@@ -339,12 +80,6 @@ bg_configure(PyObject *module, PyObject *args, PyObject *kwargs)
     pool_configure(st->pool, workers, timeout);
     Py_RETURN_NONE;
 }
-
-/* Defined in background.c: stops backgrounder's own loop thread, if started.
-   Returns 1 when it is gone, 0 on timeout, -1 with an exception set. */
-int background_stop_loop(bg_state *st, int wait, double timeout);
-/* Defined in background.c: waits until the async @background calls are done. */
-int background_wait_idle(bg_state *st, double timeout);
 
 static PyObject *
 bg_shutdown(PyObject *module, PyObject *args, PyObject *kwargs)
@@ -355,19 +90,50 @@ bg_shutdown(PyObject *module, PyObject *args, PyObject *kwargs)
     double timeout;
     bg_state *st = get_state(module);
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|p$O:shutdown", kwlist, &wait, &timeout_obj)
-        || parse_timeout("shutdown", "timeout", timeout_obj, &timeout) < 0) {
+        || bg_parse_timeout(timeout_obj, "shutdown() argument 'timeout'", 0, &timeout) < 0) {
         return NULL;
     }
+    double deadline = bg_deadline(timeout);   /* one deadline for both */
     /* The loop thread first: its coroutines may still hand sync work to the pool. */
-    int r = background_stop_loop(st, wait, timeout);
+    int r = background_stop_loop(st, wait, deadline);
     if (r < 0) {
         return NULL;
     }
-    int r2 = pool_shutdown(st->pool, wait, timeout);
+    int r2 = pool_shutdown(st->pool, wait, deadline);
     if (r2 < 0) {
         return NULL;
     }
     return PyBool_FromLong(r && r2);
+}
+
+/* Waits until nothing is queued or running on the pool or the engine's
+   loop, until `deadline`.  Returns 1, 0 on timeout, -1 with an exception
+   set.  Async calls may queue sync work and the other way round: both are
+   idle at once before it returns. */
+static int
+wait_idle(bg_state *st, double deadline)
+{
+    for (;;) {
+        int r = background_wait_idle(st, deadline);
+        if (r <= 0) {
+            return r;
+        }
+        r = pool_wait_idle(st->pool, deadline);
+        if (r <= 0) {
+            return r;
+        }
+        double now = bg_monotonic();   /* both at once: look again, without waiting */
+        r = background_wait_idle(st, now);
+        if (r == 1) {
+            r = pool_wait_idle(st->pool, now);
+        }
+        if (r != 0) {
+            return r;
+        }
+        if (deadline >= 0 && now >= deadline) {
+            return 0;
+        }
+    }
 }
 
 static PyObject *
@@ -376,41 +142,74 @@ bg_wait_idle(PyObject *module, PyObject *args, PyObject *kwargs)
     static char *kwlist[] = {"timeout", NULL};
     PyObject *timeout_obj = Py_None;
     double timeout;
-    bg_state *st = get_state(module);
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|O:wait_idle", kwlist, &timeout_obj)
-        || parse_timeout("wait_idle", "timeout", timeout_obj, &timeout) < 0) {
+        || bg_parse_timeout(timeout_obj, "wait_idle() argument 'timeout'", 0, &timeout) < 0) {
         return NULL;
     }
-    /* Async calls may queue sync work and the other way round: settle both,
-       within one deadline. */
-    double deadline = timeout < 0 ? -1.0 : bg_monotonic() + timeout;
-    for (;;) {
-        double left = deadline < 0 ? -1.0 : deadline - bg_monotonic();
-        if (deadline >= 0 && left < 0) {
-            left = 0;
-        }
-        int r = background_wait_idle(st, left);
-        if (r <= 0) {
-            return r < 0 ? NULL : Py_NewRef(Py_False);
-        }
-        left = deadline < 0 ? -1.0 : deadline - bg_monotonic();
-        if (deadline >= 0 && left < 0) {
-            left = 0;
-        }
-        r = pool_wait_idle(st->pool, left);
-        if (r <= 0) {
-            return r < 0 ? NULL : Py_NewRef(Py_False);
-        }
-        bg_pool_stats s;
-        pool_get_stats(st->pool, &s);
-        r = background_wait_idle(st, 0);
-        if (r < 0) {
-            return NULL;
-        }
-        if (r == 1 && s.queued == 0 && s.running == 0) {
+    int r = wait_idle(get_state(module), bg_deadline(timeout));
+    return r < 0 ? NULL : PyBool_FromLong(r);
+}
+
+static PyObject *
+bg_wait_drained(PyObject *module, PyObject *args)
+{
+    PyObject *timeout_obj;
+    int self_async;
+    double timeout;
+    if (!PyArg_ParseTuple(args, "Op:_wait_drained", &timeout_obj, &self_async)
+        || bg_parse_timeout(timeout_obj, "drain() argument 'timeout'", 0, &timeout) < 0) {
+        return NULL;
+    }
+    int r = pool_wait_drained(get_state(module)->pool, self_async, bg_deadline(timeout));
+    return r < 0 ? NULL : PyBool_FromLong(r);
+}
+
+static PyObject *
+bg_check_timeout(PyObject *module, PyObject *args)
+{
+    (void)module;
+    PyObject *timeout_obj;
+    const char *what;
+    double timeout;
+    if (!PyArg_ParseTuple(args, "Os:_check_timeout", &timeout_obj, &what)
+        || bg_parse_timeout(timeout_obj, what, 0, &timeout) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+bg_is_background_task(PyObject *module, PyObject *task)
+{
+    bg_state *st = get_state(module);
+    PyObject *key, *value;
+    Py_ssize_t pos = 0;
+    while (PyDict_Next(st->async_calls, &pos, &key, &value)) {
+        if (value == task) {
             Py_RETURN_TRUE;
         }
     }
+    if (st->loop_runner == NULL) {
+        Py_RETURN_FALSE;
+    }
+    PyObject *tasks = PyObject_GetAttrString(st->loop_runner, "_tasks");
+    if (tasks == NULL) {
+        return NULL;
+    }
+    int r = PySequence_Contains(tasks, task);
+    Py_DECREF(tasks);
+    return r < 0 ? NULL : PyBool_FromLong(r);
+}
+
+static PyObject *
+bg_exit_drain(PyObject *module, PyObject *Py_UNUSED(ignored))
+{
+    bg_state *st = get_state(module);
+    int r = wait_idle(st, -1);
+    /* What failed and is still referenced (a global, say) is reported now,
+       while logging still works. */
+    handle_report_unretrieved(st);
+    return r < 0 ? NULL : PyBool_FromLong(r);
 }
 
 static PyObject *
@@ -425,6 +224,7 @@ bg_at_exit(PyObject *module, PyObject *Py_UNUSED(ignored))
         Py_XDECREF(exc);
         return NULL;
     }
+    handle_report_unretrieved(st);
     if (exc != NULL) {
         bg_raise(exc);
         Py_DECREF(exc);
@@ -447,7 +247,7 @@ bg_stats(PyObject *module, PyObject *Py_UNUSED(ignored))
         "cancelled", (unsigned long long)s.cancelled, "wakeups", (unsigned long long)s.wakeups,
         "completions", (unsigned long long)s.completions,
         "threads_started", (unsigned long long)s.threads_started,
-        "pending_async", st->running_async ? PySet_GET_SIZE(st->running_async) : 0);
+        "pending_async", s.async_running);
 }
 
 static PyObject *
@@ -459,8 +259,7 @@ bg_run_in_threadpool(PyObject *module, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     PyObject *func = PyTuple_GET_ITEM(args, 0);
-    if (!PyCallable_Check(func)) {
-        PyErr_Format(PyExc_TypeError, "run_in_threadpool() argument 'func' must be callable, not %R", func);
+    if (bg_check_callable(func, "run_in_threadpool() argument 'func'") < 0) {
         return NULL;
     }
     int is_async = bg_is_async_callable(st, func);
@@ -485,16 +284,13 @@ bg_is_async_callable_py(PyObject *module, PyObject *obj)
     return r < 0 ? NULL : PyBool_FromLong(r);
 }
 
-/* Defined in background.c: forgets the parent's loop thread in a child. */
-void background_after_fork_child(bg_state *st);
-
 static PyObject *
 bg_after_fork_child(PyObject *module, PyObject *Py_UNUSED(ignored))
 {
     bg_state *st = get_state(module);
-    pool_after_fork_child(st->pool);
-    PyDict_Clear(st->inboxes);   /* the parent's loops */
-    background_after_fork_child(st);
+    pool_after_fork_child(st->pool);   /* the parent's sync calls settle as cancelled */
+    background_after_fork_child(st);   /* and its calls on the engine's loop */
+    PyDict_Clear(st->inboxes);         /* the parent's loops */
     Py_RETURN_NONE;
 }
 
@@ -539,6 +335,15 @@ static PyMethodDef module_methods[] = {
     {"is_async_callable", bg_is_async_callable_py, METH_O,
      "is_async_callable(obj, /)\n--\n\nTrue if calling obj gives a coroutine (functools.partial "
      "unwrapped, objects whose __call__ is async included)."},
+    {"_wait_drained", bg_wait_drained, METH_VARARGS,
+     "_wait_drained(timeout, self_async, /)\n--\n\nBlocks until nothing is queued or running anywhere "
+     "(drain() runs it on a thread)."},
+    {"_check_timeout", bg_check_timeout, METH_VARARGS,
+     "_check_timeout(timeout, what, /)\n--\n\nRaises TypeError/ValueError for a bad timeout."},
+    {"_is_background_task", bg_is_background_task, METH_O,
+     "_is_background_task(task, /)\n--\n\nTrue if the asyncio task runs an async @background call."},
+    {"_exit_drain", bg_exit_drain, METH_NOARGS,
+     "Registered with threading's atexit: finishes accepted work, reports lost errors."},
     {"_at_exit", bg_at_exit, METH_NOARGS, "Registered with atexit: shuts the engine down, waiting."},
     {"_after_fork_child", bg_after_fork_child, METH_NOARGS, "os.register_at_fork(after_in_child=...)"},
 #ifdef BG_DEBUG
@@ -570,12 +375,20 @@ register_hooks(PyObject *module)
     PyObject *child = NULL, *kwargs = NULL, *reg_fork = NULL;
     int r = -1;
 
-    wait_idle = PyObject_GetAttrString(module, "wait_idle");
+    wait_idle = PyObject_GetAttrString(module, "_exit_drain");
     at_exit = PyObject_GetAttrString(module, "_at_exit");
     if (wait_idle == NULL || at_exit == NULL) {
         goto done;
     }
-    /* First, before non-daemon threads are joined: finish accepted work. */
+    /* First, before non-daemon threads are joined: finish accepted work.
+       threading runs these in reverse order: concurrent.futures' own (which
+       makes executors, asyncio.to_thread included, refuse new work) is
+       registered first, so that ours runs before it. */
+    PyObject *cf = PyImport_ImportModule("concurrent.futures.thread");
+    if (cf == NULL) {
+        goto done;
+    }
+    Py_DECREF(cf);
     if (import_attr("threading", "_register_atexit", &register_atexit) < 0) {
         goto done;
     }
@@ -649,8 +462,8 @@ intern_names(bg_state *st)
     INTERN(str_close, "close");
     INTERN(str_func, "func");
     INTERN(str_call, "__call__");
-    INTERN(str_discard, "discard");
     INTERN(str_name, "__name__");
+    INTERN(str_loop, "loop");
 #undef INTERN
     return 0;
 }
@@ -664,35 +477,35 @@ module_exec(PyObject *module)
         return -1;
     }
     st->inboxes = PyDict_New();
-    st->running_async = PySet_New(NULL);
-    if (st->inboxes == NULL || st->running_async == NULL || intern_names(st) < 0) {
+    st->async_calls = PyDict_New();
+    if (st->inboxes == NULL || st->async_calls == NULL || intern_names(st) < 0) {
         return -1;
     }
     if (import_attr("asyncio", "get_running_loop", &st->get_running_loop) < 0
         || import_attr("asyncio", "ensure_future", &st->ensure_future) < 0
+#if PY_VERSION_HEX >= 0x030C0000
+        /* asyncio's is deprecated from 3.14; inspect's knows markcoroutinefunction. */
+        || import_attr("inspect", "iscoroutinefunction", &st->iscoroutinefunction) < 0
+#else
         || import_attr("asyncio", "iscoroutinefunction", &st->iscoroutinefunction) < 0
+#endif
         || import_attr("asyncio", "CancelledError", &st->cancelled_error) < 0
+        || import_attr("asyncio", "InvalidStateError", &st->invalid_state) < 0
         || import_attr("functools", "partial", &st->partial_type) < 0
         || import_attr("concurrent.futures", "CancelledError", &st->futures_cancelled) < 0
-        || import_attr("concurrent.futures", "TimeoutError", &st->futures_timeout) < 0) {
+        || import_attr("concurrent.futures", "TimeoutError", &st->futures_timeout) < 0
+        || report_init(st) < 0) {
         return -1;
+    }
+    /* asyncio.iscoroutinefunction(task) is True, as for 0.2.0's `async def
+       __call__`, where asyncio still has the marker. */
+    if (import_attr("asyncio.coroutines", "_is_coroutine", &st->coroutine_marker) < 0) {
+        PyErr_Clear();
+        st->coroutine_marker = NULL;
     }
     if (task_init_types(module, st) < 0 || tasks_init_types(module, st) < 0
         || bridge_init_types(module, st) < 0 || background_init_types(module, st) < 0) {
         return -1;
-    }
-    /* asyncio.iscoroutinefunction(task) is True, as for 0.2.0's `async def
-       __call__`: frameworks that test a background with it await task(). */
-    PyObject *marker;
-    if (import_attr("asyncio.coroutines", "_is_coroutine", &marker) == 0) {
-        int r = PyObject_SetAttrString((PyObject *)st->task_type, "_is_coroutine", marker);
-        Py_DECREF(marker);
-        if (r < 0) {
-            return -1;
-        }
-    }
-    else {
-        PyErr_Clear();   /* a Python without the marker: nothing to set */
     }
     return register_hooks(module);
 }
@@ -712,11 +525,15 @@ module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->wrapper_type);
     Py_VISIT(st->handle_wait_type);
     Py_VISIT(st->inboxes);
-    Py_VISIT(st->running_async);
+    Py_VISIT(st->async_calls);
     Py_VISIT(st->get_running_loop);
     Py_VISIT(st->ensure_future);
     Py_VISIT(st->iscoroutinefunction);
     Py_VISIT(st->partial_type);
+    Py_VISIT(st->coroutine_marker);
+    Py_VISIT(st->invalid_state);
+    Py_VISIT(st->fallback_format);
+    Py_VISIT(st->loop_module);
     Py_VISIT(st->cancelled_error);
     Py_VISIT(st->futures_cancelled);
     Py_VISIT(st->futures_timeout);
@@ -742,11 +559,15 @@ module_clear(PyObject *module)
     Py_CLEAR(st->wrapper_type);
     Py_CLEAR(st->handle_wait_type);
     Py_CLEAR(st->inboxes);
-    Py_CLEAR(st->running_async);
+    Py_CLEAR(st->async_calls);
     Py_CLEAR(st->get_running_loop);
     Py_CLEAR(st->ensure_future);
     Py_CLEAR(st->iscoroutinefunction);
     Py_CLEAR(st->partial_type);
+    Py_CLEAR(st->coroutine_marker);
+    Py_CLEAR(st->invalid_state);
+    Py_CLEAR(st->fallback_format);
+    Py_CLEAR(st->loop_module);
     Py_CLEAR(st->cancelled_error);
     Py_CLEAR(st->futures_cancelled);
     Py_CLEAR(st->futures_timeout);
@@ -769,7 +590,7 @@ module_clear(PyObject *module)
     Py_CLEAR(st->str_close);
     Py_CLEAR(st->str_func);
     Py_CLEAR(st->str_call);
-    Py_CLEAR(st->str_discard);
+    Py_CLEAR(st->str_loop);
     Py_CLEAR(st->str_name);
     return 0;
 }

@@ -15,7 +15,7 @@
  * exits.
  */
 #include "pool.h"
-#include "module.h"
+#include "compat.h"
 #include "platform.h"
 #include <stdatomic.h>
 
@@ -44,6 +44,10 @@ struct bg_pool {
     Py_ssize_t nsearching;    /* awake and not yet running an item with the GIL */
     Py_ssize_t tokens;        /* wake-ups sent to idle workers, not yet taken */
     Py_ssize_t nwaiters;      /* threads waiting on idle_cv */
+    Py_ssize_t nworker_waits; /* workers among them, in an engine wait (idle, drained, gone) */
+    Py_ssize_t nasync;        /* async @background calls not finished, on any loop */
+    Py_ssize_t nasync_waits;  /* async calls among them waiting in pool_wait_drained */
+    bg_item *running_items;   /* items taken by workers, not yet finished (for fork) */
     Py_ssize_t nspinning;     /* workers spinning for work (at most one) */
     double spin_limit;        /* how long the next spin lasts, adapted to how spins fare */
     int spin_skipped;         /* sleeps without a spin since the last one */
@@ -170,12 +174,31 @@ queue_remove(bg_pool *pool, bg_item *item)
 static bg_mutex registry_mu = BG_MUTEX_INITIALIZER;
 static bg_pool *registry;
 
-/* The pool whose worker the current thread is, if it is one (a plain C
-   pointer, no Python object): lets a task that waits on its own pool (calls
-   shutdown, say) leave itself out of the wait.  Created with the fork
-   handlers, once per process. */
+/* What a worker thread is: its pool, and the item it runs (plain C, no
+   Python object).  Lets a task that waits on its own pool (calls shutdown,
+   say) leave itself out of the wait, and a child forked from inside a task
+   keep that task.  The key is created with the fork handlers, once per
+   process; each worker keeps its bg_worker on its own stack. */
+typedef struct {
+    bg_pool *pool;
+    bg_item *item;
+} bg_worker;
+
 static bg_tls worker_key;
-#define current_worker_of ((bg_pool *)bg_tls_get(worker_key))
+
+static inline bg_worker *
+current_worker(void)
+{
+    return (bg_worker *)bg_tls_get(worker_key);
+}
+
+/* 1 if the calling thread is one of `pool`'s workers. */
+static inline int
+is_worker_of(bg_pool *pool)
+{
+    bg_worker *w = current_worker();
+    return w != NULL && w->pool == pool;
+}
 
 static int pool_init_sync(bg_pool *pool);
 
@@ -200,20 +223,38 @@ atfork_parent(void)
 static void
 atfork_child(void)
 {
+    bg_worker *me = current_worker();
     for (bg_pool *p = registry; p; p = p->next_pool) {
-        int self = current_worker_of == p;   /* forked from inside a task */
+        int self = me != NULL && me->pool == p;   /* forked from inside a task */
         if (pool_init_sync(p) != 0) {
             abort();   /* no locks, no pool: nothing sane to go on with */
         }
+        /* The parent's queued and running items: nobody runs them here.
+           pool_after_fork_child settles them as cancelled, with the GIL. */
         if (p->head) {
             p->tail->next = p->orphans;
             p->orphans = p->head;
+        }
+        bg_item *running = p->running_items;
+        p->running_items = NULL;
+        while (running) {
+            bg_item *next = running->run_next;
+            running->run_next = running->run_prev = NULL;
+            if (self && running == me->item) {
+                p->running_items = running;   /* this very thread goes on with it */
+            }
+            else {
+                running->next = p->orphans;
+                p->orphans = running;
+            }
+            running = next;
         }
         p->head = p->tail = NULL;
         p->queued = 0;
         p->running = self;
         p->nworkers = p->nthreads = self;
         p->nidle = p->nsearching = p->tokens = p->nwaiters = p->nspinning = 0;
+        p->nworker_waits = p->nasync = p->nasync_waits = 0;
         p->spin_skipped = 0;
         atomic_store(&p->has_work, 0);
         p->refcnt = 1 + self;   /* the module's, and this thread's if a worker */
@@ -457,48 +498,97 @@ pool_submit(bg_pool *pool, bg_item *item)
 
 /* ---- the worker ------------------------------------------------------------ */
 
-/* GIL held.  Runs one item in its context and hands it to its owner.
-   Returns 1 if the worker was counted as searching before the hand-over
-   (quick_finish), 0 if not. */
-static int
-run_item(bg_pool *pool, bg_item *item)
+/* mu held.  The item a worker takes from the queue is counted as running
+   and kept on the running list until it is finished. */
+static void
+running_add(bg_pool *pool, bg_worker *me, bg_item *item)
 {
-    if (!item->ops->start(item)) {
-        pool->cancelled++;
-        item->ops->finish(item);
-        return 0;
+    pool->running++;
+    item->run_prev = NULL;
+    item->run_next = pool->running_items;
+    if (pool->running_items) {
+        pool->running_items->run_prev = item;
     }
-    if (PyContext_Enter(item->context) < 0) {
-        item->exc = bg_fetch_exception();
+    pool->running_items = item;
+    me->item = item;
+}
+
+/* mu held. */
+static void
+running_remove(bg_pool *pool, bg_worker *me, bg_item *item)
+{
+    pool->running--;
+    if (item->run_prev) {
+        item->run_prev->run_next = item->run_next;
     }
-    else {
-        item->result = PyObject_Call(item->func, item->args, item->kwargs);
-        if (item->result == NULL) {
+    else if (pool->running_items == item) {
+        pool->running_items = item->run_next;
+    }
+    if (item->run_next) {
+        item->run_next->run_prev = item->run_prev;
+    }
+    item->run_next = item->run_prev = NULL;
+    me->item = NULL;
+}
+
+/* mu held.  Wakes the threads in pool_wait when one of its conditions may
+   have become true. */
+static inline void
+notify_waiters(bg_pool *pool)
+{
+    if (pool->nwaiters) {
+        bg_cond_broadcast(&pool->idle_cv);
+    }
+}
+
+/* GIL held.  Runs one item (counted as running) in its context and hands it
+   to its owner; by then it is no longer counted as running.  Returns 1 if
+   the worker was counted as searching before the hand-over (quick_finish),
+   0 if not. */
+static int
+run_item(bg_pool *pool, bg_worker *me, bg_item *item)
+{
+    int run = item->ops->start(item);
+    if (run) {
+        if (PyContext_Enter(item->context) < 0) {
             item->exc = bg_fetch_exception();
         }
-        if (PyContext_Exit(item->context) < 0) {
-            /* Only if the context was not the one entered: cannot happen. */
-            PyErr_WriteUnraisable(item->context);
+        else {
+            item->result = PyObject_Call(item->func, item->args, item->kwargs);
+            if (item->result == NULL) {
+                item->exc = bg_fetch_exception();
+            }
+            if (PyContext_Exit(item->context) < 0) {
+                /* Only if the context was not the one entered: cannot happen. */
+                PyErr_WriteUnraisable(item->context);
+            }
         }
     }
-    pool->done++;
-    if (item->exc) {
-        pool->failed++;
-    }
-    int early = item->ops->quick_finish;
+    int early = run && item->ops->quick_finish;
+    bg_mutex_lock(&pool->mu);
+    running_remove(pool, me, item);
     if (early) {
-        bg_mutex_lock(&pool->mu);
         pool->nsearching++;
-        bg_mutex_unlock(&pool->mu);
+    }
+    bg_mutex_unlock(&pool->mu);
+    if (!run) {
+        pool->cancelled++;
+    }
+    else {
+        pool->done++;
+        if (item->exc) {
+            pool->failed++;
+        }
     }
     item->ops->finish(item);
     return early;
 }
 
-/* GIL held.  Runs `item`, then every item the queue has, holding the GIL.
-   Returns with the worker counted as searching again. */
+/* GIL held.  Runs `item` (already counted as running), then every item the
+   queue has, holding the GIL, for as long as the pool is not over its
+   size.  Returns with the worker counted as searching again. */
 static void
-worker_run(bg_pool *pool, bg_item *item)
+worker_run(bg_pool *pool, bg_worker *me, bg_item *item)
 {
     bg_mutex_lock(&pool->mu);
     pool->nsearching--;
@@ -508,13 +598,17 @@ worker_run(bg_pool *pool, bg_item *item)
         (void)start_worker(pool);   /* on failure this worker goes on alone */
     }
     for (int batch = 1;; batch++) {
-        int searching = run_item(pool, item);
+        bg_item *done = item;
+        /* run_item may free the item (finish): it is off the running list
+           first, under mu, so that a fork meanwhile does not see it. */
+        int searching = run_item(pool, me, done);
         bg_mutex_lock(&pool->mu);
-        pool->running--;
-        item = queue_pop(pool);
+        /* configure() made the pool smaller: a busy worker takes no more
+           work either, so no more than max_workers calls run. */
+        item = pool->nworkers > pool->max_workers ? NULL : queue_pop(pool);
         must_start = 0;
         if (item) {
-            pool->running++;
+            running_add(pool, me, item);
             if (searching) {
                 pool->nsearching--;
             }
@@ -527,11 +621,8 @@ worker_run(bg_pool *pool, bg_item *item)
             if (!searching) {
                 pool->nsearching++;
             }
-            /* <= 1: a waiter may be a worker waiting on the pool (not itself) */
-            if (pool->running <= 1 && pool->nwaiters) {
-                bg_cond_broadcast(&pool->idle_cv);
-            }
         }
+        notify_waiters(pool);
         bg_mutex_unlock(&pool->mu);
         if (must_start) {
             (void)start_worker(pool);
@@ -617,8 +708,9 @@ static void *
 worker_main(void *arg)
 {
     bg_pool *pool = arg;
+    bg_worker me = {pool, NULL};
     bg_thread_set_name("backgrounder");
-    bg_tls_set(worker_key, pool);
+    bg_tls_set(worker_key, &me);
     PyThreadState *tstate = PyThreadState_New(pool->interp);
 
     bg_mutex_lock(&pool->mu);
@@ -634,11 +726,11 @@ worker_main(void *arg)
             }
             continue;
         }
-        pool->running++;
+        running_add(pool, &me, item);
         bg_mutex_unlock(&pool->mu);
 
         PyEval_RestoreThread(tstate);
-        worker_run(pool, item);   /* returns counted as searching again */
+        worker_run(pool, &me, item);   /* returns counted as searching again */
         PyEval_SaveThread();
 
         bg_mutex_lock(&pool->mu);
@@ -663,9 +755,7 @@ worker_main(void *arg)
 
     bg_mutex_lock(&pool->mu);
     pool->nthreads--;
-    if (pool->nwaiters) {
-        bg_cond_broadcast(&pool->idle_cv);
-    }
+    notify_waiters(pool);
     bg_mutex_unlock(&pool->mu);
     pool_decref(pool);
     return NULL;
@@ -692,32 +782,45 @@ pool_configure(bg_pool *pool, Py_ssize_t max_workers, double idle_timeout)
     }
 }
 
-/* mu held.  Is the condition a waiter waits for met?  `self` is 1 when the
-   waiter is one of the pool's workers. */
-typedef int (*wait_cond)(bg_pool *pool, int self, void *arg);
+/* What a thread in pool_wait waits for. */
+enum { WAIT_IDLE, WAIT_DRAINED, WAIT_GONE, WAIT_FLAG };
 
+typedef struct {
+    int kind;
+    int worker;               /* the waiter is one of the pool's workers */
+    Py_ssize_t async;         /* 1 if the waiter is itself an async call (WAIT_DRAINED) */
+    int *flag;                /* WAIT_FLAG: read under mu */
+} wait_spec;
+
+/* mu held.  Is what `w` waits for there?  A worker waiting on its own pool
+   leaves out every worker that is itself in such a wait (itself included),
+   so that it never waits for its own caller and two such callers never
+   wait for each other; a thread that is not a worker waits for them all. */
 static int
-is_idle(bg_pool *pool, int self, void *arg)
+wait_met(bg_pool *pool, const wait_spec *w)
 {
-    (void)arg;
-    return pool->head == NULL && pool->running <= self;
+    Py_ssize_t busy_waiting = w->worker ? pool->nworker_waits : 0;
+    switch (w->kind) {
+    case WAIT_IDLE:
+        return pool->head == NULL && pool->running <= busy_waiting;
+    case WAIT_DRAINED:
+        return pool->head == NULL && pool->running <= busy_waiting
+               && pool->nasync <= pool->nasync_waits;
+    case WAIT_GONE:
+        return pool->nthreads <= busy_waiting;
+    default:
+        return *(volatile int *)w->flag;
+    }
 }
 
+/* GIL held; released while waiting.  Waits until what `w` waits for is
+   there or the bg_monotonic() time `deadline` passes (< 0: no limit),
+   checking for signals between slices.  Returns 1, 0 on timeout, -1 with an
+   exception set (a signal handler raised: Ctrl-C). */
 static int
-is_gone(bg_pool *pool, int self, void *arg)
+pool_wait(bg_pool *pool, wait_spec *w, double deadline)
 {
-    (void)arg;
-    return pool->nthreads <= self;
-}
-
-/* GIL held; released while waiting.  Waits until cond holds or `timeout`
-   seconds pass (< 0: no limit), checking for signals between slices.
-   Returns 1, 0 on timeout, -1 with an exception set. */
-static int
-pool_wait(bg_pool *pool, wait_cond cond, void *arg, double timeout)
-{
-    int self = current_worker_of == pool;   /* a worker does not wait for itself */
-    double deadline = timeout < 0 ? -1.0 : bg_monotonic() + timeout;
+    int counted = w->kind != WAIT_FLAG;   /* an engine wait, left out by the others */
     for (;;) {
         int met;
         Py_BEGIN_ALLOW_THREADS
@@ -727,13 +830,22 @@ pool_wait(bg_pool *pool, wait_cond cond, void *arg, double timeout)
             slice_end = deadline;
         }
         pool->nwaiters++;
-        while (!(met = cond(pool, self, arg))) {
+        if (counted) {
+            pool->nworker_waits += w->worker;
+            pool->nasync_waits += w->async;
+            notify_waiters(pool);   /* another worker's wait may be met now */
+        }
+        while (!(met = wait_met(pool, w))) {
             if (bg_cond_wait_until(&pool->idle_cv, &pool->mu, slice_end) == ETIMEDOUT) {
-                met = cond(pool, self, arg);
+                met = wait_met(pool, w);
                 break;
             }
         }
         pool->nwaiters--;
+        if (counted) {
+            pool->nworker_waits -= w->worker;
+            pool->nasync_waits -= w->async;
+        }
         bg_mutex_unlock(&pool->mu);
         Py_END_ALLOW_THREADS
         if (met) {
@@ -749,25 +861,39 @@ pool_wait(bg_pool *pool, wait_cond cond, void *arg, double timeout)
 }
 
 int
-pool_wait_idle(bg_pool *pool, double timeout)
+pool_wait_idle(bg_pool *pool, double deadline)
 {
-    return pool_wait(pool, is_idle, NULL, timeout);
+    wait_spec w = {WAIT_IDLE, is_worker_of(pool), 0, NULL};
+    return pool_wait(pool, &w, deadline);
 }
 
 int
-pool_shutdown(bg_pool *pool, int wait, double timeout)
+pool_wait_drained(bg_pool *pool, int self_async, double deadline)
 {
+    wait_spec w = {WAIT_DRAINED, is_worker_of(pool), self_async ? 1 : 0, NULL};
+    return pool_wait(pool, &w, deadline);
+}
+
+int
+pool_shutdown(bg_pool *pool, int wait, double deadline)
+{
+    wait_spec w = {WAIT_GONE, is_worker_of(pool), 0, NULL};
     bg_mutex_lock(&pool->mu);
     pool->closed = 1;
     bg_cond_broadcast(&pool->work_cv);
+    int gone = wait_met(pool, &w);
     bg_mutex_unlock(&pool->mu);
-    if (!wait) {
-        bg_mutex_lock(&pool->mu);
-        int gone = is_gone(pool, current_worker_of == pool, NULL);
-        bg_mutex_unlock(&pool->mu);
+    if (!wait || gone) {
         return gone;
     }
-    return pool_wait(pool, is_gone, NULL, timeout);
+    return pool_wait(pool, &w, deadline);
+}
+
+int
+pool_wait_flag(bg_pool *pool, int *flag, double deadline)
+{
+    wait_spec w = {WAIT_FLAG, 0, 0, flag};
+    return pool_wait(pool, &w, deadline);
 }
 
 /* For handles: see pool.h. */
@@ -780,9 +906,7 @@ pool_lock(bg_pool *pool)
 void
 pool_unlock_notify(bg_pool *pool)
 {
-    if (pool->nwaiters) {
-        bg_cond_broadcast(&pool->idle_cv);
-    }
+    notify_waiters(pool);
     bg_mutex_unlock(&pool->mu);
 }
 
@@ -792,18 +916,22 @@ pool_unlock(bg_pool *pool)
     bg_mutex_unlock(&pool->mu);
 }
 
-static int
-flag_is_set(bg_pool *pool, int self, void *arg)
+void
+pool_async_begin(bg_pool *pool)
 {
-    (void)pool;
-    (void)self;
-    return *(volatile int *)arg;
+    bg_mutex_lock(&pool->mu);
+    pool->nasync++;
+    bg_mutex_unlock(&pool->mu);
+    pool->submitted++;
 }
 
-int
-pool_wait_flag(bg_pool *pool, int *flag, double timeout)
+void
+pool_async_end(bg_pool *pool)
 {
-    return pool_wait(pool, flag_is_set, flag, timeout);
+    bg_mutex_lock(&pool->mu);
+    pool->nasync--;
+    notify_waiters(pool);
+    bg_mutex_unlock(&pool->mu);
 }
 
 int
@@ -824,7 +952,7 @@ pool_get_stats(bg_pool *pool, bg_pool_stats *out)
     out->workers = pool->nworkers;
     out->idle = pool->nidle;
     out->max_workers = pool->max_workers;
-    out->idle_timeout = pool->idle_timeout;
+    out->async_running = pool->nasync;
     out->threads_started = pool->threads_started;
     bg_mutex_unlock(&pool->mu);
     out->submitted = pool->submitted;
@@ -854,11 +982,23 @@ pool_after_fork_child(bg_pool *pool)
 {
     /* The locks and counts were reset inside fork() (atfork_child); what is
        left needs the GIL: drop the child's copy of the parent's queue. */
+    /* The parent's queued and running items never run here: each goes to
+       its owner as skipped (a @background handle then settles as
+       cancelled, so nobody in the child waits for it for ever). */
     bg_item *orphans = pool->orphans;
     pool->orphans = NULL;
     while (orphans) {
         bg_item *next = orphans->next;
-        pool_item_free(orphans);
+        orphans->next = NULL;
+        Py_CLEAR(orphans->result);
+        Py_CLEAR(orphans->exc);
+        orphans->ops->finish(orphans);
         orphans = next;
     }
+    /* A child starts from zero: the parent's counts are the parent's. */
+    pool->submitted = pool->done = pool->failed = pool->cancelled = 0;
+    pool->wakeups = pool->completions = 0;
+    bg_mutex_lock(&pool->mu);
+    pool->threads_started = 0;
+    bg_mutex_unlock(&pool->mu);
 }

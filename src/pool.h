@@ -1,5 +1,9 @@
 /* pool.h: the native thread pool that runs sync callables.
  *
+ * Chain: platform.h -> compat.h -> [pool] -> util -> report -> coro -> bridge
+ *        -> task / tasks / handle -> background -> module.
+ * Calls only platform.h and compat.h.
+ *
  * One pool per module object (so per interpreter).  Items are plain C structs
  * recycled through a free list; the pool runs each one on a worker thread, with
  * the GIL, inside the item's contextvars context, then hands it to its owner
@@ -26,7 +30,8 @@ typedef struct {
        caller gave up on it).  Must not leave an exception set. */
     int (*start)(bg_item *item);
     /* Called once, after the item ran (item->result or item->exc is set) or was
-       skipped (both NULL).  Takes the item over: it must end in pool_item_free. */
+       skipped (both NULL: its caller gave up on it, or it is the parent's in a
+       forked child).  Takes the item over: it must end in pool_item_free. */
     void (*finish)(bg_item *item);
     /* 1 if finish runs only engine code (no user callback) and returns
        quickly: the worker then counts as looking for work while it runs, so
@@ -36,7 +41,9 @@ typedef struct {
 } bg_item_ops;
 
 struct bg_item {
-    bg_item *next;             /* queue, inbox or free-list link */
+    bg_item *next;             /* queue, inbox, waiter or free-list link */
+    bg_item *run_next;         /* the pool's running list, while a worker runs it */
+    bg_item *run_prev;
     const bg_item_ops *ops;
     bg_pool *pool;             /* borrowed: the pool outlives its items */
     PyObject *func;            /* strong: the callable */
@@ -51,9 +58,8 @@ struct bg_item {
 
 /* Counters, a snapshot. */
 typedef struct {
-    Py_ssize_t queued, running, workers, idle, max_workers;
+    Py_ssize_t queued, running, workers, idle, max_workers, async_running;
     uint64_t submitted, done, failed, cancelled, wakeups, completions, threads_started;
-    double idle_timeout;
 } bg_pool_stats;
 
 /* Returns a new pool (one reference, the caller's), or NULL with MemoryError
@@ -78,18 +84,27 @@ int pool_submit(bg_pool *pool, bg_item *item);
 /* GIL held.  max_workers >= 1, idle_timeout > 0 (seconds); -1 keeps a value. */
 void pool_configure(bg_pool *pool, Py_ssize_t max_workers, double idle_timeout);
 
-/* GIL held; released while waiting.  Waits until nothing is queued or running
-   (the pool stays open; work submitted meanwhile is waited for too), for at
-   most `timeout` seconds (< 0: no limit).  Returns 1 when idle, 0 on timeout,
-   -1 with an exception set if a signal handler raised (Ctrl-C). */
-int pool_wait_idle(bg_pool *pool, double timeout);
+/* The waits below: GIL held, released while waiting.  `deadline` is a
+   bg_monotonic() time (< 0: no limit), so that a caller made of several
+   waits keeps one deadline.  Each returns 1 when what it waits for is there,
+   0 at the deadline, -1 with an exception set if a signal handler raised
+   (Ctrl-C).  Called from one of the pool's workers, the engine waits
+   (idle, drained, gone) leave out every worker that is in such a wait
+   itself: a task never waits for itself, and two never for each other. */
+
+/* Until nothing is queued or running on the pool (the pool stays open;
+   work submitted meanwhile is waited for too). */
+int pool_wait_idle(bg_pool *pool, double deadline);
+/* As pool_wait_idle, and until no async @background call is running on any
+   loop (pool_async_begin/end count them).  `self_async` is 1 when the
+   caller is such a call itself (it is left out, as a worker is). */
+int pool_wait_drained(bg_pool *pool, int self_async, double deadline);
 
 /* GIL held; released while waiting.  Stops accepting work; the workers finish
    what was accepted and exit.  With wait, waits for every worker thread to be
-   gone, for at most `timeout` seconds (< 0: no limit).  Returns 1 when the
-   workers are gone (or wait is 0), 0 on timeout, -1 with an exception set if a
-   signal handler raised. */
-int pool_shutdown(bg_pool *pool, int wait, double timeout);
+   gone.  Returns 1 when the workers are gone (without wait: already gone),
+   0 otherwise, -1 with an exception set. */
+int pool_shutdown(bg_pool *pool, int wait, double deadline);
 
 /* A lock and a wake-up for the handles of @background calls: a handle's
    state changes between pool_lock and pool_unlock_notify (which wakes the
@@ -98,11 +113,13 @@ int pool_shutdown(bg_pool *pool, int wait, double timeout);
 void pool_lock(bg_pool *pool);
 void pool_unlock(bg_pool *pool);
 void pool_unlock_notify(bg_pool *pool);
-/* GIL held; released while waiting.  Waits until *flag (read under the
-   pool's lock) is non-zero or `timeout` seconds pass (< 0: no limit).
-   Returns 1, 0 on timeout, -1 with an exception set (a signal handler
-   raised). */
-int pool_wait_flag(bg_pool *pool, int *flag, double timeout);
+/* Until *flag (read under the pool's lock) is non-zero. */
+int pool_wait_flag(bg_pool *pool, int *flag, double deadline);
+
+/* GIL held.  An async @background call started (counted as submitted) or
+   ended, on any loop: pool_wait_drained waits for them. */
+void pool_async_begin(bg_pool *pool);
+void pool_async_end(bg_pool *pool);
 
 /* Returns 1 once pool_shutdown was called. */
 int pool_is_closed(bg_pool *pool);
@@ -113,10 +130,11 @@ void pool_get_stats(bg_pool *pool, bg_pool_stats *out);
 void pool_count_wakeup(bg_pool *pool);
 void pool_count_completion(bg_pool *pool);
 
-/* After os.fork(), in the child, GIL held: frees the child's copy of the
-   parent's queue (fork itself already gave the child fresh locks and no
-   workers, through pthread_atfork handlers).  Also done on the first submit
-   after a fork that did not go through os.fork(). */
+/* After os.fork(), in the child, GIL held: hands the child's copies of the
+   parent's queued and running items to their owners as skipped, and starts
+   the counts from zero (fork itself already gave the child fresh locks and
+   no workers, through pthread_atfork handlers).  Also done on the first
+   submit after a fork that did not go through os.fork(). */
 void pool_after_fork_child(bg_pool *pool);
 
 #ifdef BG_DEBUG

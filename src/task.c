@@ -10,259 +10,8 @@
  */
 #include "task.h"
 #include "bridge.h"
+#include "report.h"
 #include <structmember.h>
-
-/* ---- the coroutine protocol ------------------------------------------------ */
-
-#define CORO_OPS(self) (((bg_coro *)(self))->ops)
-
-PyObject *
-bg_coro_await(PyObject *self)
-{
-    return Py_NewRef(self);
-}
-
-PySendResult
-bg_coro_am_send(PyObject *self, PyObject *value, PyObject **result)
-{
-    return CORO_OPS(self)->send(self, value, result);
-}
-
-/* Turns a send result into what send()/__next__ return: the yielded value,
-   or NULL with StopIteration(value) or the error set. */
-static PyObject *
-send_result_object(PySendResult status, PyObject *result)
-{
-    if (status == PYGEN_NEXT) {
-        return result;
-    }
-    if (status == PYGEN_RETURN) {
-        bg_set_stop_iteration(result);
-        Py_DECREF(result);
-    }
-    return NULL;
-}
-
-PyObject *
-bg_coro_iternext(PyObject *self)
-{
-    PyObject *result = NULL;
-    PySendResult status = CORO_OPS(self)->send(self, Py_None, &result);
-    return send_result_object(status, result);
-}
-
-static PyObject *
-coro_send(PyObject *self, PyObject *value)
-{
-    PyObject *result = NULL;
-    PySendResult status = CORO_OPS(self)->send(self, value, &result);
-    return send_result_object(status, result);
-}
-
-/* Returns a new reference to the exception instance that throw(typ, val, tb)
-   stands for, as generator.throw() builds it; NULL with TypeError set. */
-static PyObject *
-make_thrown(PyObject *typ, PyObject *val, PyObject *tb)
-{
-    PyObject *exc = NULL;
-    if (tb == Py_None) {
-        tb = NULL;
-    }
-    if (tb != NULL && !PyTraceBack_Check(tb)) {
-        PyErr_SetString(PyExc_TypeError, "throw() third argument must be a traceback object");
-        return NULL;
-    }
-    if (PyExceptionInstance_Check(typ)) {
-        if (val != NULL && val != Py_None) {
-            PyErr_SetString(PyExc_TypeError, "instance exception may not have a separate value");
-            return NULL;
-        }
-        exc = Py_NewRef(typ);
-    }
-    else if (PyExceptionClass_Check(typ)) {
-        if (val == NULL || val == Py_None) {
-            exc = PyObject_CallNoArgs(typ);
-        }
-        else if (PyObject_TypeCheck(val, (PyTypeObject *)typ)) {
-            exc = Py_NewRef(val);
-        }
-        else if (PyTuple_Check(val)) {
-            exc = PyObject_Call(typ, val, NULL);
-        }
-        else {
-            exc = PyObject_CallOneArg(typ, val);
-        }
-        if (exc == NULL) {
-            return NULL;
-        }
-        if (!PyExceptionInstance_Check(exc)) {
-            PyErr_Format(PyExc_TypeError, "calling %R should have returned an instance of "
-                         "BaseException, not %R", typ, exc);
-            Py_DECREF(exc);
-            return NULL;
-        }
-    }
-    else {
-        PyErr_Format(PyExc_TypeError, "exceptions must be classes or instances deriving "
-                     "from BaseException, not %s", Py_TYPE(typ)->tp_name);
-        return NULL;
-    }
-    if (tb != NULL && PyException_SetTraceback(exc, tb) < 0) {
-        Py_DECREF(exc);
-        return NULL;
-    }
-    return exc;
-}
-
-static PyObject *
-coro_throw(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
-{
-    if (nargs < 1 || nargs > 3) {
-        PyErr_Format(PyExc_TypeError, "throw expected 1 to 3 arguments, got %zd", nargs);
-        return NULL;
-    }
-    PyObject *exc = make_thrown(args[0], nargs > 1 ? args[1] : NULL, nargs > 2 ? args[2] : NULL);
-    if (exc == NULL) {
-        return NULL;
-    }
-    PyObject *result = NULL;
-    PySendResult status = CORO_OPS(self)->throw_(self, exc, &result);
-    Py_DECREF(exc);
-    return send_result_object(status, result);
-}
-
-static PyObject *
-coro_close(PyObject *self, PyObject *Py_UNUSED(ignored))
-{
-    if (CORO_OPS(self)->close(self) < 0) {
-        return NULL;
-    }
-    Py_RETURN_NONE;
-}
-
-PyMethodDef bg_coro_methods[] = {
-    {"send", (PyCFunction)coro_send, METH_O,
-     "send($self, value, /)\n--\n\nResumes the awaitable with a value."},
-    {"throw", (PyCFunction)(void (*)(void))coro_throw, METH_FASTCALL,
-     "throw(typ, val=None, tb=None)\n--\n\nRaises an exception inside the awaitable."},
-    {"close", (PyCFunction)coro_close, METH_NOARGS,
-     "close($self, /)\n--\n\nEnds the awaitable; a call not started yet never starts."},
-    {NULL, NULL, 0, NULL},
-};
-
-static inline int
-is_bg_coro(PyObject *obj)
-{
-    return Py_TYPE(obj)->tp_as_async != NULL
-           && Py_TYPE(obj)->tp_as_async->am_send == bg_coro_am_send;
-}
-
-PySendResult
-bg_delegate_send(PyObject *iter, PyObject *value, PyObject **result)
-{
-    if (is_bg_coro(iter)) {
-        return CORO_OPS(iter)->send(iter, value, result);
-    }
-    return PyIter_Send(iter, value, result);
-}
-
-/* An error is set: if it is StopIteration, the iterator returned; gets its
-   value.  Returns PYGEN_RETURN with *result set, or PYGEN_ERROR. */
-static PySendResult
-stop_iteration_to_return(PyObject **result)
-{
-    if (!PyErr_ExceptionMatches(PyExc_StopIteration)) {
-        return PYGEN_ERROR;
-    }
-    PyObject *exc = bg_fetch_exception();
-    PyObject *value = PyObject_GetAttrString(exc, "value");
-    Py_DECREF(exc);
-    if (value == NULL) {
-        return PYGEN_ERROR;
-    }
-    *result = value;
-    return PYGEN_RETURN;
-}
-
-PySendResult
-bg_delegate_throw(bg_state *st, PyObject *iter, PyObject *exc, PyObject **result)
-{
-    if (is_bg_coro(iter)) {
-        return CORO_OPS(iter)->throw_(iter, exc, result);
-    }
-    PyObject *meth;
-    if (bg_getattr_optional(iter, st->str_throw, &meth) < 0) {
-        return PYGEN_ERROR;
-    }
-    if (meth == NULL) {
-        bg_raise(exc);   /* like `yield from`: no throw(), raise it here */
-        return PYGEN_ERROR;
-    }
-    PyObject *res = PyObject_CallOneArg(meth, exc);
-    Py_DECREF(meth);
-    if (res != NULL) {
-        *result = res;
-        return PYGEN_NEXT;
-    }
-    return stop_iteration_to_return(result);
-}
-
-int
-bg_delegate_close(bg_state *st, PyObject *iter)
-{
-    if (is_bg_coro(iter)) {
-        return CORO_OPS(iter)->close(iter);
-    }
-    PyObject *meth;
-    if (bg_getattr_optional(iter, st->str_close, &meth) < 0) {
-        return -1;
-    }
-    if (meth == NULL) {
-        return 0;
-    }
-    PyObject *res = PyObject_CallNoArgs(meth);
-    Py_DECREF(meth);
-    if (res == NULL) {
-        return -1;
-    }
-    Py_DECREF(res);
-    return 0;
-}
-
-PyObject *
-bg_await_iter(PyObject *obj)
-{
-    if (PyCoro_CheckExact(obj)) {
-        return Py_NewRef(obj);
-    }
-    if (PyGen_CheckExact(obj)) {
-        /* A generator-based coroutine (types.coroutine) is its own iterator. */
-        PyObject *code = PyObject_GetAttrString(obj, "gi_code");
-        if (code == NULL) {
-            return NULL;
-        }
-        int flags = ((PyCodeObject *)code)->co_flags;
-        Py_DECREF(code);
-        if (flags & CO_ITERABLE_COROUTINE) {
-            return Py_NewRef(obj);
-        }
-    }
-    unaryfunc am_await = Py_TYPE(obj)->tp_as_async ? Py_TYPE(obj)->tp_as_async->am_await : NULL;
-    if (am_await == NULL) {
-        PyErr_Format(PyExc_TypeError, "object %R can't be used in 'await' expression", obj);
-        return NULL;
-    }
-    PyObject *iter = am_await(obj);
-    if (iter == NULL) {
-        return NULL;
-    }
-    if (PyCoro_CheckExact(iter) || !PyIter_Check(iter)) {
-        PyErr_Format(PyExc_TypeError, "__await__() of %R returned %R, not an iterator", obj, iter);
-        Py_DECREF(iter);
-        return NULL;
-    }
-    return iter;
-}
 
 /* ---- Call: one await of a sync callable ------------------------------------ */
 
@@ -270,10 +19,10 @@ enum { CALL_INIT, CALL_WAITING, CALL_DONE };
 
 typedef struct {
     bg_coro base;
-    PyObject *func;     /* strong until submitted: the item takes them over */
-    PyObject *args;
+    PyObject *func;     /* strong until done (named if the call fails unawaited) */
+    PyObject *args;     /* strong until submitted: the item takes them over */
     PyObject *kwargs;
-    PyObject *fut;      /* strong while waiting */
+    bg_wait wait;       /* the future the pool's item settles, while waiting */
     int state;
 } CallObject;
 
@@ -285,17 +34,16 @@ call_state(CallObject *self)
 
 /* Ends the call: a future still waited on is cancelled, so a call not yet
    started never starts.  If the call already failed (its future settled
-   with an exception the awaiting task will now never read: it was
-   cancelled just after), the exception is reported, not left to asyncio's
-   "never retrieved".  `thrown` is what the awaiting task throws in, if
-   anything: only a cancellation makes the exception a lost one.  Returns 0,
-   or -1 with an exception set. */
+   with an exception nobody will now read), the exception is reported: when
+   the call is closed (`thrown` NULL), or when a cancellation is thrown in.
+   Any other exception thrown in is what the awaiting task is handed, the
+   call's own included.  Returns 0, or -1 with an exception set. */
 static int
 call_abandon(CallObject *self, PyObject *thrown)
 {
     bg_state *st = call_state(self);
-    PyObject *fut = self->fut, *func = self->func;
-    self->fut = self->func = NULL;
+    PyObject *fut = bg_wait_take(&self->wait), *func = self->func;
+    self->func = NULL;
     self->state = CALL_DONE;
     Py_CLEAR(self->args);
     Py_CLEAR(self->kwargs);
@@ -309,11 +57,9 @@ call_abandon(CallObject *self, PyObject *thrown)
             /* Already done: settled, or cancelled. */
             PyObject *cancelled = PyObject_CallMethodNoArgs(fut, st->str_cancelled);
             PyObject *exc = cancelled == Py_False ? PyObject_CallMethodNoArgs(fut, st->str_exception) : NULL;
-            /* Only when a cancellation comes in: otherwise the awaiting task
-               is being handed this very exception (asyncio throws it in, or
-               closes the coroutine for a GeneratorExit). */
-            if (exc != NULL && exc != Py_None && thrown != NULL && exc != thrown
-                && PyObject_TypeCheck(thrown, (PyTypeObject *)st->cancelled_error)) {
+            int lost = thrown == NULL
+                       || PyObject_TypeCheck(thrown, (PyTypeObject *)st->cancelled_error);
+            if (exc != NULL && exc != Py_None && exc != thrown && lost) {
                 bg_report_error(st, BG_CALL_FAILED, func ? func : Py_None, exc);
             }
             if (cancelled == NULL || (cancelled == Py_False && exc == NULL)) {
@@ -342,11 +88,8 @@ call_submit(CallObject *self, PyObject **result)
     if (loop == NULL) {
         goto error;
     }
-    fut = PyObject_CallMethodNoArgs(loop, st->str_create_future);
+    fut = bg_new_future(st, loop);
     if (fut == NULL) {
-        goto error;
-    }
-    if (PyObject_SetAttr(fut, st->str_future_blocking, Py_True) < 0) {
         goto error;
     }
     item = pool_item_new(st->pool);
@@ -374,10 +117,16 @@ call_submit(CallObject *self, PyObject **result)
         goto error;
     }
     Py_DECREF(loop);
-    self->fut = Py_NewRef(fut);
     self->state = CALL_WAITING;
-    *result = fut;
-    return PYGEN_NEXT;
+    /* Only fails on no memory: the item is the pool's now, and settles a
+       future nobody waits on; the call ends here with the error. */
+    PySendResult status = bg_wait_yield(st, &self->wait, fut, result);
+    Py_DECREF(fut);
+    if (status == PYGEN_ERROR) {
+        self->state = CALL_DONE;
+        Py_CLEAR(self->func);
+    }
+    return status;
 
 error:
     Py_XDECREF(loop);
@@ -400,28 +149,13 @@ call_send(PyObject *op, PyObject *value, PyObject **result)
         }
         return call_submit(self, result);
     case CALL_WAITING: {
-        PyObject *fut = self->fut;
-        self->fut = NULL;
-        self->state = CALL_DONE;
-        Py_CLEAR(self->func);
-        PyObject *res = PyObject_CallMethodNoArgs(fut, call_state(self)->str_result);
-        if (res == NULL) {
-            /* Resumed before the future was settled: not by asyncio.  Give
-               up on the call rather than leave it unawaited. */
-            PyObject *exc = bg_fetch_exception();
-            PyObject *cancel = PyObject_CallMethodNoArgs(fut, call_state(self)->str_cancel);
-            Py_XDECREF(cancel);
-            if (cancel == NULL) {
-                PyErr_WriteUnraisable(fut);
-            }
-            Py_DECREF(fut);
-            bg_raise(exc);
-            Py_DECREF(exc);
-            return PYGEN_ERROR;
+        PySendResult status = bg_wait_resume(call_state(self), &self->wait, result);
+        if (self->wait.fut == NULL) {
+            /* Its outcome, returned or raised: the call is over. */
+            self->state = CALL_DONE;
+            Py_CLEAR(self->func);
         }
-        Py_DECREF(fut);
-        *result = res;
-        return PYGEN_RETURN;
+        return status;
     }
     default:
         PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited coroutine");
@@ -449,29 +183,32 @@ call_close(PyObject *op)
 static const bg_coro_ops call_ops = {call_send, call_throw, call_close};
 
 static int
-call_traverse(CallObject *self, visitproc visit, void *arg)
+call_traverse(PyObject *op, visitproc visit, void *arg)
 {
+    CallObject *self = (CallObject *)op;
     Py_VISIT(Py_TYPE(self));
     Py_VISIT(self->func);
     Py_VISIT(self->args);
     Py_VISIT(self->kwargs);
-    Py_VISIT(self->fut);
+    Py_VISIT(self->wait.fut);
     return 0;
 }
 
 static int
-call_clear(CallObject *self)
+call_clear(PyObject *op)
 {
+    CallObject *self = (CallObject *)op;
     Py_CLEAR(self->func);
     Py_CLEAR(self->args);
     Py_CLEAR(self->kwargs);
-    Py_CLEAR(self->fut);
+    Py_CLEAR(self->wait.fut);
     return 0;
 }
 
 static void
-call_finalize(CallObject *self)
+call_finalize(PyObject *op)
 {
+    CallObject *self = (CallObject *)op;
     if (self->state == CALL_DONE) {
         return;
     }
@@ -501,10 +238,10 @@ call_finalize(CallObject *self)
 }
 
 static void
-call_dealloc(CallObject *self)
+call_dealloc(PyObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
-    if (PyObject_CallFinalizerFromDealloc((PyObject *)self) < 0) {
+    if (PyObject_CallFinalizerFromDealloc(self) < 0) {
         return;   /* resurrected */
     }
     PyObject_GC_UnTrack(self);
@@ -545,11 +282,11 @@ task_start(bg_state *st, PyObject *func, PyObject *args, PyObject *kwargs, int i
     if (call == NULL) {
         return NULL;
     }
-    call->base.ops = &call_ops;
+    bg_coro_init((PyObject *)call, &call_ops);
     call->func = Py_NewRef(func);
     call->args = Py_NewRef(args);
     call->kwargs = kwargs && PyDict_GET_SIZE(kwargs) ? Py_NewRef(kwargs) : NULL;
-    call->fut = NULL;
+    call->wait.fut = NULL;
     call->state = CALL_INIT;
     PyObject_GC_Track(call);
     return (PyObject *)call;
@@ -809,7 +546,26 @@ task_get_name(TaskObject *self, void *Py_UNUSED(closure))
     return bg_type_name(Py_TYPE(self));
 }
 
+/* `_is_coroutine`, for instances only: asyncio.iscoroutinefunction(task) is
+   True (0.2.0's Task had an `async def __call__`), while the class Task
+   itself, read through this descriptor, is not taken for a coroutine
+   function. */
+static PyObject *
+task_get_is_coroutine(PyObject *self, void *Py_UNUSED(closure))
+{
+    bg_state *st = task_state(self);
+    if (st == NULL) {
+        return NULL;
+    }
+    if (st->coroutine_marker == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "_is_coroutine");
+        return NULL;
+    }
+    return Py_NewRef(st->coroutine_marker);
+}
+
 static PyGetSetDef task_getset[] = {
+    {"_is_coroutine", task_get_is_coroutine, NULL, "asyncio's coroutine-function marker.", NULL},
     {"func", (getter)task_get_func, (setter)task_set_func, "The callable the task runs.", NULL},
     {"args", (getter)task_get_args, (setter)task_set_args, "Its positional arguments (a tuple).", NULL},
     {"kwargs", (getter)task_get_kwargs, (setter)task_set_kwargs, "Its keyword arguments (a dict).", NULL},

@@ -7,7 +7,7 @@
  * child to finish settles, cancels the others at the first failure, and
  * raises the failures together as an ExceptionGroup, as a task group does.
  */
-#include "task.h"
+#include "tasks.h"
 
 typedef struct {
     TaskObject base;       /* func/args/kwargs stay NULL: a Tasks has none */
@@ -26,6 +26,43 @@ check_entries(bg_state *st, PyObject *list)
             PyErr_Format(PyExc_TypeError,
                          "Tasks entries must be Task objects or callables, not %R", entry);
             return -1;
+        }
+    }
+    return 0;
+}
+
+/* Returns 0 if a run of `entry` ends in its nesting: every Tasks reachable
+   from it (as an entry, or as a Task's func) is nested less deep than the
+   recursion limit.  Else -1 with RecursionError: a Tasks that contains
+   itself, or one nested too deep to run without exhausting the C stack.
+   Runs no Python code, so the lists cannot change under it. */
+static int
+check_nesting(bg_state *st, PyObject *entry)
+{
+    if (PyObject_TypeCheck(entry, st->tasks_type)) {
+        PyObject *list = ((TasksObject *)entry)->tasks;
+        if (list == NULL) {
+            return 0;
+        }
+        if (Py_EnterRecursiveCall(" while running a Tasks nested in itself or too deep")) {
+            return -1;
+        }
+        int r = 0;
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(list) && r == 0; i++) {
+            r = check_nesting(st, PyList_GET_ITEM(list, i));
+        }
+        Py_LeaveRecursiveCall();
+        return r;
+    }
+    if (PyObject_TypeCheck(entry, st->task_type)) {
+        PyObject *func = ((TaskObject *)entry)->func;
+        if (func != NULL && PyObject_TypeCheck(func, st->task_type)) {
+            if (Py_EnterRecursiveCall(" while running a Tasks nested in itself or too deep")) {
+                return -1;
+            }
+            int r = check_nesting(st, func);
+            Py_LeaveRecursiveCall();
+            return r;
         }
     }
     return 0;
@@ -180,7 +217,7 @@ seq_new(bg_state *st, TasksObject *tasks)
     if (self == NULL) {
         return NULL;
     }
-    self->base.ops = &seq_ops;
+    bg_coro_init((PyObject *)self, &seq_ops);
     self->tasks = Py_NewRef(tasks->tasks);
     self->sub = NULL;
     self->index = 0;
@@ -198,7 +235,7 @@ typedef struct {
     PyObject *tasks;       /* strong: the list */
     PyObject *loop;        /* strong, once started */
     PyObject *children;    /* strong: list of asyncio tasks */
-    PyObject *waiter;      /* strong: settled when the last child is done */
+    bg_wait wait;          /* on a future settled when the last child is done */
     PyObject *thrown;      /* strong: what was thrown in (a cancellation), re-raised at the end */
     Py_ssize_t remaining;  /* children not done yet */
     int failing;           /* a child failed: the others were cancelled */
@@ -225,21 +262,18 @@ group_cancel_children(bg_state *st, GroupObject *self)
     return r;
 }
 
-/* Returns a new reference to a fresh future of the group's loop, marked as
-   awaited, for the group to yield; NULL with an exception set. */
-static PyObject *
-group_new_waiter(bg_state *st, GroupObject *self)
+/* Waits on a fresh future of the group's loop, settled when the last child
+   is done: PYGEN_NEXT with *result the future to yield, or PYGEN_ERROR. */
+static PySendResult
+group_wait(bg_state *st, GroupObject *self, PyObject **result)
 {
-    PyObject *waiter = PyObject_CallMethodNoArgs(self->loop, st->str_create_future);
-    if (waiter == NULL) {
-        return NULL;
+    PyObject *fut = bg_new_future(st, self->loop);
+    if (fut == NULL) {
+        return PYGEN_ERROR;
     }
-    if (PyObject_SetAttr(waiter, st->str_future_blocking, Py_True) < 0) {
-        Py_DECREF(waiter);
-        return NULL;
-    }
-    Py_XSETREF(self->waiter, Py_NewRef(waiter));
-    return waiter;
+    PySendResult status = bg_wait_yield(st, &self->wait, fut, result);
+    Py_DECREF(fut);
+    return status;
 }
 
 /* A child's done callback (bound to the group). */
@@ -274,8 +308,8 @@ group_child_done(PyObject *op, PyObject *child)
             }
         }
     }
-    if (self->remaining == 0 && self->waiter != NULL) {
-        PyObject *waiter = Py_NewRef(self->waiter);
+    if (self->remaining == 0 && self->wait.fut != NULL) {
+        PyObject *waiter = Py_NewRef(self->wait.fut);
         PyObject *done = PyObject_CallMethodNoArgs(waiter, st->str_done);
         PyObject *res = done == Py_False
                             ? PyObject_CallMethodOneArg(waiter, st->str_set_result, Py_None)
@@ -324,7 +358,7 @@ group_finish(bg_state *st, GroupObject *self, PyObject **result)
 {
     PyObject *errors = NULL, *group_type = NULL, *group = NULL;
     self->state = GROUP_DONE;
-    Py_CLEAR(self->waiter);
+    Py_CLEAR(self->wait.fut);
     errors = PyList_New(0);
     if (errors == NULL) {
         goto error;
@@ -430,8 +464,7 @@ group_start(bg_state *st, GroupObject *self, PyObject **result)
     }
     Py_CLEAR(on_done);
     Py_CLEAR(tasks);
-    *result = group_new_waiter(st, self);
-    if (*result == NULL) {
+    if (group_wait(st, self, result) == PYGEN_ERROR) {
         goto fail_started;
     }
     return PYGEN_NEXT;
@@ -455,6 +488,8 @@ error:
     return PYGEN_ERROR;
 }
 
+static PySendResult group_throw(PyObject *op, PyObject *exc, PyObject **result);
+
 static PySendResult
 group_send(PyObject *op, PyObject *value, PyObject **result)
 {
@@ -467,13 +502,21 @@ group_send(PyObject *op, PyObject *value, PyObject **result)
             return PYGEN_ERROR;
         }
         return group_start(st, self, result);
-    case GROUP_WAITING:
-        if (self->remaining > 0) {
-            /* Woken before the children are done (not by asyncio): wait on. */
-            *result = group_new_waiter(st, self);
-            return *result ? PYGEN_NEXT : PYGEN_ERROR;
+    case GROUP_WAITING: {
+        PySendResult status = bg_wait_resume(st, &self->wait, result);
+        if (status == PYGEN_RETURN) {
+            Py_DECREF(*result);   /* None: the last child is done */
+            *result = NULL;
+            return group_finish(st, self, result);
         }
-        return group_finish(st, self, result);
+        if (status == PYGEN_ERROR && self->wait.fut == NULL) {
+            /* The future itself failed (cancelled under us): as if thrown in. */
+            PyObject *exc = bg_fetch_exception();
+            status = group_throw(op, exc, result);
+            Py_DECREF(exc);
+        }
+        return status;
+    }
     default:
         PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited Tasks run");
         return PYGEN_ERROR;
@@ -498,11 +541,13 @@ group_throw(PyObject *op, PyObject *exc, PyObject **result)
     if (group_cancel_children(st, self) < 0) {
         return PYGEN_ERROR;
     }
+    if (bg_wait_cancel(st, &self->wait) < 0) {
+        return PYGEN_ERROR;
+    }
     if (self->remaining == 0) {
         return group_finish(st, self, result);
     }
-    *result = group_new_waiter(st, self);
-    return *result ? PYGEN_NEXT : PYGEN_ERROR;
+    return group_wait(st, self, result);
 }
 
 static int
@@ -514,7 +559,9 @@ group_close(PyObject *op)
         r = group_cancel_children(coro_state(op), self);
     }
     self->state = GROUP_DONE;
-    Py_CLEAR(self->waiter);
+    if (bg_wait_cancel(coro_state(op), &self->wait) < 0) {
+        r = -1;
+    }
     return r;
 }
 
@@ -527,7 +574,7 @@ group_traverse(GroupObject *self, visitproc visit, void *arg)
     Py_VISIT(self->tasks);
     Py_VISIT(self->loop);
     Py_VISIT(self->children);
-    Py_VISIT(self->waiter);
+    Py_VISIT(self->wait.fut);
     Py_VISIT(self->thrown);
     return 0;
 }
@@ -538,7 +585,7 @@ group_clear(GroupObject *self)
     Py_CLEAR(self->tasks);
     Py_CLEAR(self->loop);
     Py_CLEAR(self->children);
-    Py_CLEAR(self->waiter);
+    Py_CLEAR(self->wait.fut);
     Py_CLEAR(self->thrown);
     return 0;
 }
@@ -567,9 +614,10 @@ group_new(bg_state *st, TasksObject *tasks)
     if (self == NULL) {
         return NULL;
     }
-    self->base.ops = &group_ops;
+    bg_coro_init((PyObject *)self, &group_ops);
     self->tasks = Py_NewRef(tasks->tasks);
-    self->loop = self->children = self->waiter = self->thrown = NULL;
+    self->loop = self->children = self->thrown = NULL;
+    self->wait.fut = NULL;
     self->remaining = 0;
     self->failing = 0;
     self->state = GROUP_INIT;
@@ -618,6 +666,9 @@ tasks_run(TasksObject *self, int as_group)
     }
     if (self->tasks == NULL) {
         PyErr_SetString(PyExc_TypeError, "the Tasks was not initialized: Tasks.__init__ was not called");
+        return NULL;
+    }
+    if (check_nesting(st, (PyObject *)self) < 0) {
         return NULL;
     }
     return as_group ? group_new(st, self) : seq_new(st, self);

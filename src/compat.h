@@ -1,0 +1,75 @@
+/* compat.h: the few CPython API calls whose spelling depends on the version.
+ *
+ * Chain (each file calls only those before it):
+ *   platform.h -> [compat.h] -> pool -> util -> report -> coro -> bridge
+ *   -> task / tasks / handle -> background -> module
+ * Header only; public C API only (no _Py*, no pycore headers).
+ */
+#ifndef BG_COMPAT_H
+#define BG_COMPAT_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+/* The exception currently raised, normalized, with its traceback; clears it.
+   A new reference, or NULL when no exception is set. */
+static inline PyObject *
+bg_fetch_exception(void)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    return PyErr_GetRaisedException();
+#else
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    if (type == NULL) {
+        return NULL;
+    }
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL) {
+        PyException_SetTraceback(value, tb);
+    }
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    return value;
+#endif
+}
+
+/* Raises `exc` (an exception instance, borrowed), keeping its traceback. */
+static inline void
+bg_raise(PyObject *exc)
+{
+    PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+}
+
+/* getattr that tells "no such attribute" apart: returns 1 with *result a new
+   reference, 0 with *result NULL (AttributeError cleared), -1 on error. */
+static inline int
+bg_getattr_optional(PyObject *obj, PyObject *name, PyObject **result)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    return PyObject_GetOptionalAttr(obj, name, result);
+#else
+    *result = PyObject_GetAttr(obj, name);
+    if (*result != NULL) {
+        return 1;
+    }
+    if (PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        PyErr_Clear();
+        return 0;
+    }
+    return -1;
+#endif
+}
+
+/* A short type name for reprs and messages: a new reference, or NULL. */
+static inline PyObject *
+bg_type_name(PyTypeObject *tp)
+{
+#if PY_VERSION_HEX >= 0x030B0000
+    return PyType_GetName(tp);
+#else
+    return PyObject_GetAttrString((PyObject *)tp, "__name__");
+#endif
+}
+
+#endif /* BG_COMPAT_H */

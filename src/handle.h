@@ -1,0 +1,56 @@
+/* handle.h: BackgroundHandle, what a @background call returns, and its await.
+ *
+ * Chain: platform.h -> compat.h -> pool -> util -> report -> coro -> bridge
+ *        -> task / tasks / [handle] -> background -> module.
+ * Calls pool, util, report, coro and bridge.
+ *
+ * The handle has concurrent.futures.Future's methods.  Its state changes
+ * under the pool's lock (pool_lock/pool_unlock_notify), so a thread blocked
+ * in result() cannot miss it; done callbacks and awaiting tasks are kept in
+ * plain C lists, made when they are added, so that settling allocates
+ * nothing: an awaiting task is woken whatever memory is left.  A failure
+ * nobody retrieved is reported when the handle dies, or at exit.
+ */
+#ifndef BG_HANDLE_H
+#define BG_HANDLE_H
+
+#include "coro.h"
+
+enum { H_PENDING, H_RUNNING, H_CANCELLED, H_FINISHED };
+
+/* Returns a new pending handle for a call of `func`, or NULL with an
+   exception set. */
+HandleObject *handle_new(bg_state *st, PyObject *func);
+
+/* Pool ops of a sync call's item, whose target is its handle: the item is
+   skipped if the handle was cancelled; the handle settles with the item's
+   outcome, or as cancelled if the item never ran. */
+extern const bg_item_ops handle_item_ops;
+
+/* Returns a new reference to the done callback that settles `h` from the
+   asyncio task of its async call, or NULL with an exception set. */
+PyObject *handle_async_done(HandleObject *h);
+/* An async call of `h` runs as an asyncio task on `loop`: the handle is
+   marked running, and remembers the loop (result() on that loop's thread
+   would block it); the call counts as running for drain().  `task` (None
+   on the engine's own loop) is kept alive until the call ends.  Returns 0,
+   or -1 with an exception set. */
+int handle_async_started(bg_state *st, HandleObject *h, PyObject *loop, PyObject *task);
+/* The call counted by handle_async_started will never run after all. */
+void handle_async_abort(bg_state *st, HandleObject *h);
+
+/* GIL held.  Settles `h` as cancelled if it is not done yet.  */
+void handle_cancel_now(bg_state *st, HandleObject *h);
+
+/* At exit: reports every failure not retrieved yet, of handles still
+   alive, and marks them retrieved. */
+void handle_report_unretrieved(bg_state *st);
+
+/* In a forked child: the async calls that ran on the parent's engine loop
+   (which the child does not have) are settled as cancelled. */
+void handle_after_fork_child(bg_state *st);
+
+/* Module exec: makes the handle types.  Returns 0 or -1. */
+int handle_init_types(PyObject *module, bg_state *st);
+
+#endif /* BG_HANDLE_H */

@@ -1,0 +1,229 @@
+/* report.c: errors nobody will read, to the "backgrounder" logger.  See report.h. */
+#include "report.h"
+
+#define LOG_ERROR 40   /* logging.ERROR */
+
+int
+report_init(bg_state *st)
+{
+    PyObject *logging = PyImport_ImportModule("logging");
+    if (logging == NULL) {
+        return -1;
+    }
+    st->logger = PyObject_CallMethod(logging, "getLogger", "s", "backgrounder");
+    st->fallback_format = PyObject_CallMethod(logging, "Formatter", "s",
+                                              "%(levelname)s:%(name)s:%(message)s");
+    Py_DECREF(logging);
+    return st->logger && st->fallback_format ? 0 : -1;
+}
+
+/* The innermost callable under partials and bound methods: a new reference. */
+static PyObject *
+unwrap(bg_state *st, PyObject *func)
+{
+    PyObject *obj = Py_NewRef(func);
+    for (;;) {
+        PyObject *inner = NULL;
+        if (PyObject_TypeCheck(obj, (PyTypeObject *)st->partial_type)) {
+            inner = PyObject_GetAttr(obj, st->str_func);
+        }
+        else if (PyMethod_Check(obj)) {
+            inner = Py_NewRef(PyMethod_GET_FUNCTION(obj));
+        }
+        else {
+            return obj;
+        }
+        Py_DECREF(obj);
+        if (inner == NULL) {
+            PyErr_Clear();
+            return Py_NewRef(Py_None);
+        }
+        obj = inner;
+    }
+}
+
+PyObject *
+bg_callable_name(bg_state *st, PyObject *func)
+{
+    PyObject *obj = unwrap(st, func);
+    PyObject *name = PyObject_GetAttrString(obj, "__qualname__");
+    if (name == NULL || !PyUnicode_Check(name)) {
+        PyErr_Clear();
+        Py_XDECREF(name);
+        name = bg_type_name(Py_TYPE(obj));
+        if (name == NULL) {
+            PyErr_Clear();
+            name = PyUnicode_FromString("<callable>");
+        }
+    }
+    PyObject *module = PyObject_GetAttrString(obj, "__module__");
+    if (module != NULL && PyUnicode_Check(module) && name != NULL) {
+        Py_SETREF(name, PyUnicode_FromFormat("%U.%U", module, name));
+    }
+    else {
+        PyErr_Clear();
+    }
+    Py_XDECREF(module);
+    Py_DECREF(obj);
+    return name;
+}
+
+/* Where the record points: func's file, the line of the traceback entry in
+   func's code (its first line if none), and its name.  Sets new references,
+   or leaves the defaults ("(unknown file)", 0, None) when func has no code. */
+static void
+locate(bg_state *st, PyObject *func, PyObject *exc, PyObject **path, long *line, PyObject **name)
+{
+    PyObject *obj = unwrap(st, func);
+    PyObject *code = PyObject_GetAttrString(obj, "__code__");
+    if (code == NULL || !PyCode_Check(code)) {
+        PyErr_Clear();
+        Py_XDECREF(code);
+        Py_DECREF(obj);
+        return;
+    }
+    PyObject *filename = PyObject_GetAttrString(code, "co_filename");
+    PyObject *first = PyObject_GetAttrString(code, "co_firstlineno");
+    PyObject *fname = PyObject_GetAttrString(code, "co_name");
+    if (filename && first && fname && PyUnicode_Check(filename) && PyUnicode_Check(fname)) {
+        *path = Py_NewRef(filename);
+        *name = Py_NewRef(fname);
+        *line = PyLong_AsLong(first);
+        /* The line that raised, if the traceback passes through func. */
+        PyObject *tb = PyException_GetTraceback(exc);
+        while (tb != NULL && tb != Py_None) {
+            PyObject *frame = PyObject_GetAttrString(tb, "tb_frame");
+            PyObject *fcode = frame ? PyObject_GetAttrString(frame, "f_code") : NULL;
+            if (fcode == code) {
+                PyObject *lineno = PyObject_GetAttrString(tb, "tb_lineno");
+                if (lineno != NULL && PyLong_Check(lineno)) {
+                    *line = PyLong_AsLong(lineno);
+                }
+                Py_XDECREF(lineno);
+            }
+            Py_XDECREF(fcode);
+            Py_XDECREF(frame);
+            Py_SETREF(tb, PyObject_GetAttrString(tb, "tb_next"));
+        }
+        Py_XDECREF(tb);
+    }
+    PyErr_Clear();
+    Py_XDECREF(filename);
+    Py_XDECREF(first);
+    Py_XDECREF(fname);
+    Py_DECREF(code);
+    Py_DECREF(obj);
+}
+
+/* Writes the record to stderr as "LEVEL:name:message" and its traceback:
+   what the user sees when logging was never configured.  Returns 0 or -1. */
+static int
+write_fallback(bg_state *st, PyObject *record)
+{
+    PyObject *text = PyObject_CallMethod(st->fallback_format, "format", "O", record);
+    if (text == NULL) {
+        return -1;
+    }
+    PyObject *err = PySys_GetObject("stderr");   /* borrowed */
+    int r = 0;
+    if (err != NULL && err != Py_None) {
+        PyObject *line = PyUnicode_FromFormat("%U\n", text);
+        PyObject *res = line ? PyObject_CallMethod(err, "write", "O", line) : NULL;
+        r = res ? 0 : -1;
+        Py_XDECREF(res);
+        Py_XDECREF(line);
+    }
+    Py_DECREF(text);
+    return r;
+}
+
+/* Logs the record; returns 0 or -1 with an exception set. */
+static int
+log_error(bg_state *st, const char *what, PyObject *func, PyObject *exc)
+{
+    PyObject *logger = Py_NewRef(st->logger), *name = NULL, *path = NULL, *fname = NULL;
+    PyObject *exc_info = NULL, *record = NULL, *res = NULL, *args = NULL, *lname = NULL;
+    long line = 0;
+    int r = -1;
+    res = PyObject_CallMethod(logger, "isEnabledFor", "i", LOG_ERROR);
+    if (res == NULL) {
+        goto done;
+    }
+    int enabled = PyObject_IsTrue(res);
+    Py_CLEAR(res);
+    if (enabled <= 0) {
+        r = enabled;
+        goto done;
+    }
+    name = bg_callable_name(st, func);
+    lname = PyObject_GetAttrString(logger, "name");
+    if (name == NULL || lname == NULL) {
+        goto done;
+    }
+    locate(st, func, exc, &path, &line, &fname);
+    PyObject *tb = PyException_GetTraceback(exc);
+    exc_info = PyTuple_Pack(3, (PyObject *)Py_TYPE(exc), exc, tb ? tb : Py_None);
+    Py_XDECREF(tb);
+    args = PyTuple_Pack(1, name);
+    if (exc_info == NULL || args == NULL) {
+        goto done;
+    }
+    /* makeRecord(name, level, fn, lno, msg, args, exc_info, func) */
+    if (path != NULL) {
+        record = PyObject_CallMethod(logger, "makeRecord", "OiOlsOOO", lname, LOG_ERROR, path, line,
+                                     what, args, exc_info, fname ? fname : Py_None);
+    }
+    else {
+        record = PyObject_CallMethod(logger, "makeRecord", "OisisOOO", lname, LOG_ERROR,
+                                     "(unknown file)", 0, what, args, exc_info, Py_None);
+    }
+    if (record == NULL) {
+        goto done;
+    }
+    res = PyObject_CallMethod(logger, "hasHandlers", NULL);
+    int handled = res ? PyObject_IsTrue(res) : -1;
+    Py_CLEAR(res);
+    if (handled < 0) {
+        goto done;
+    }
+    if (handled) {
+        res = PyObject_CallMethod(logger, "handle", "O", record);
+        r = res ? 0 : -1;
+    }
+    else {
+        r = write_fallback(st, record);
+    }
+done:
+    Py_XDECREF(logger);
+    Py_XDECREF(name);
+    Py_XDECREF(lname);
+    Py_XDECREF(path);
+    Py_XDECREF(fname);
+    Py_XDECREF(exc_info);
+    Py_XDECREF(args);
+    Py_XDECREF(record);
+    Py_XDECREF(res);
+    return r;
+}
+
+void
+bg_report_error(bg_state *st, const char *what, PyObject *func, PyObject *exc)
+{
+    PyObject *saved = bg_fetch_exception();
+    if (st->on_error != NULL) {
+        PyObject *on_error = Py_NewRef(st->on_error);
+        PyObject *res = PyObject_CallOneArg(on_error, exc);
+        if (res == NULL) {
+            PyErr_WriteUnraisable(on_error);
+        }
+        Py_XDECREF(res);
+        Py_DECREF(on_error);
+    }
+    else if (st->logger == NULL || log_error(st, what, func, exc) < 0) {
+        PyErr_WriteUnraisable(exc);
+    }
+    if (saved) {
+        bg_raise(saved);
+        Py_DECREF(saved);
+    }
+}
