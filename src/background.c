@@ -9,6 +9,7 @@
  */
 #include "background.h"
 #include "handle.h"
+#include "report.h"
 #include <structmember.h>
 
 /* ---- starting a call ---------------------------------------------------- */
@@ -82,6 +83,111 @@ loop_ends_with_the_call(bg_state *st, PyObject *loop)
     return r;
 }
 
+/* ---- how an async call ends -------------------------------------------- */
+
+/* The done callback of an async call's asyncio task (bound to the handle). */
+static PyObject *
+background_settle_from(PyObject *op, PyObject *task)
+{
+    HandleObject *h = (HandleObject *)op;
+    bg_state *st = (bg_state *)PyType_GetModuleState(Py_TYPE(op));
+    int r = PyDict_DelItem(st->async_calls, op);
+    if (r < 0) {
+        PyErr_Clear();   /* already gone: settled after a fork */
+    }
+    else {
+        pool_async_end(st->pool);
+    }
+    PyObject *cancelled = PyObject_CallMethodNoArgs(task, st->str_cancelled);
+    if (cancelled == NULL) {
+        return NULL;
+    }
+    int was_cancelled = cancelled == Py_True;
+    Py_DECREF(cancelled);
+    if (was_cancelled) {
+        /* Not by the handle (an async call cannot be cancelled through it):
+           its loop was shut down under it.  That is work lost: say so. */
+        PyObject *exc = PyObject_CallNoArgs(st->cancelled_error);
+        if (exc == NULL) {
+            return NULL;
+        }
+        bg_report_error(st, "background call %s was cancelled before it finished: its event "
+                        "loop ended (await backgrounder.drain() before it ends)", handle_func(h), exc);
+        Py_DECREF(exc);
+        handle_cancel_now(st, h);
+        Py_RETURN_NONE;
+    }
+    PyObject *exc = PyObject_CallMethodNoArgs(task, st->str_exception);
+    if (exc == NULL) {
+        return NULL;
+    }
+    if (exc != Py_None) {
+        handle_settle(st, h, H_FINISHED, NULL, exc);
+        Py_RETURN_NONE;
+    }
+    Py_DECREF(exc);
+    PyObject *result = PyObject_CallMethodNoArgs(task, st->str_result);
+    if (result == NULL) {
+        return NULL;
+    }
+    handle_settle(st, h, H_FINISHED, result, NULL);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef background_settle_from_def = {
+    "_settle_from", background_settle_from, METH_O, "Done callback of the call's asyncio task (internal).",
+};
+
+static PyObject *
+background_async_done(HandleObject *h)
+{
+    return PyCFunction_New(&background_settle_from_def, (PyObject *)h);
+}
+
+static int
+background_async_started(bg_state *st, HandleObject *h, PyObject *loop, PyObject *task)
+{
+    if (PyDict_SetItem(st->async_calls, (PyObject *)h, task) < 0) {
+        return -1;
+    }
+    pool_async_begin(st->pool);
+    handle_set_running(h, loop);
+    return 0;
+}
+
+static void
+background_async_abort(bg_state *st, HandleObject *h)
+{
+    if (PyDict_DelItem(st->async_calls, (PyObject *)h) < 0) {
+        PyErr_Clear();
+        return;
+    }
+    pool_async_end(st->pool);
+}
+
+static void
+background_forget_engine_calls(bg_state *st)
+{
+    /* The calls on the parent's engine loop (task None) never end here. */
+    PyObject *items = PyDict_Items(st->async_calls);
+    if (items == NULL) {
+        PyErr_WriteUnraisable(NULL);
+        return;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(items); i++) {
+        PyObject *pair = PyList_GET_ITEM(items, i);
+        if (PyTuple_GET_ITEM(pair, 1) != Py_None) {
+            continue;
+        }
+        PyObject *h = PyTuple_GET_ITEM(pair, 0);
+        if (PyDict_DelItem(st->async_calls, h) < 0) {
+            PyErr_WriteUnraisable(h);
+        }
+        handle_cancel_now(st, (HandleObject *)h);
+    }
+    Py_DECREF(items);
+}
+
 /* Returns a new reference to func(*args, **kwargs) as a coroutine: what a
    function marked as a coroutine function returns may be any awaitable (or
    not one at all: awaiting it then raises TypeError in the call). */
@@ -138,17 +244,17 @@ start_async(bg_state *st, HandleObject *h, PyObject *func, PyObject *args, PyObj
         goto done;
     }
     if (loop != NULL) {
-        done = handle_async_done(h);
+        done = background_async_done(h);
         if (done == NULL) {
             goto done;
         }
         task = PyObject_CallMethod(loop, "create_task", "O", coro);
-        if (task == NULL || handle_async_started(st, h, loop, task) < 0) {
+        if (task == NULL || background_async_started(st, h, loop, task) < 0) {
             goto done;
         }
         res = PyObject_CallMethodOneArg(task, st->str_add_done_callback, done);
         if (res == NULL) {
-            handle_async_abort(st, h);
+            background_async_abort(st, h);
         }
     }
     else {
@@ -161,13 +267,13 @@ start_async(bg_state *st, HandleObject *h, PyObject *func, PyObject *args, PyObj
         if (own_loop == NULL || ctx == NULL) {
             goto done;
         }
-        done = handle_async_done(h);
-        if (done == NULL || handle_async_started(st, h, own_loop, Py_None) < 0) {
+        done = background_async_done(h);
+        if (done == NULL || background_async_started(st, h, own_loop, Py_None) < 0) {
             goto done;
         }
         res = PyObject_CallMethod(runner, "submit", "OOO", coro, ctx, done);
         if (res == NULL) {
-            handle_async_abort(st, h);   /* not accepted: done is never called */
+            background_async_abort(st, h);   /* not accepted: done is never called */
         }
     }
     r = res ? 0 : -1;
@@ -247,14 +353,16 @@ typedef struct {
 } WrapperObject;
 
 static PyObject *
-wrapper_call(WrapperObject *self, PyObject *args, PyObject *kwargs)
+wrapper_call(PyObject *op, PyObject *args, PyObject *kwargs)
 {
+    WrapperObject *self = (WrapperObject *)op;
     return background_start(get_state_by_type(Py_TYPE(self)), self->func, self->is_async, args, kwargs);
 }
 
 static PyObject *
-wrapper_get(WrapperObject *self, PyObject *obj, PyObject *type)
+wrapper_get(PyObject *op, PyObject *obj, PyObject *type)
 {
+    WrapperObject *self = (WrapperObject *)op;
     if (self->kind == KIND_STATIC) {
         return Py_NewRef(self);
     }
@@ -268,14 +376,16 @@ wrapper_get(WrapperObject *self, PyObject *obj, PyObject *type)
 }
 
 static PyObject *
-wrapper_repr(WrapperObject *self)
+wrapper_repr(PyObject *op)
 {
+    WrapperObject *self = (WrapperObject *)op;
     return PyUnicode_FromFormat("<background %R>", self->func);
 }
 
 static int
-wrapper_traverse(WrapperObject *self, visitproc visit, void *arg)
+wrapper_traverse(PyObject *op, visitproc visit, void *arg)
 {
+    WrapperObject *self = (WrapperObject *)op;
     Py_VISIT(Py_TYPE(self));
     Py_VISIT(self->func);
     Py_VISIT(self->dict);
@@ -283,22 +393,24 @@ wrapper_traverse(WrapperObject *self, visitproc visit, void *arg)
 }
 
 static int
-wrapper_clear(WrapperObject *self)
+wrapper_clear(PyObject *op)
 {
+    WrapperObject *self = (WrapperObject *)op;
     Py_CLEAR(self->func);
     Py_CLEAR(self->dict);
     return 0;
 }
 
 static void
-wrapper_dealloc(WrapperObject *self)
+wrapper_dealloc(PyObject *op)
 {
+    WrapperObject *self = (WrapperObject *)op;
     PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
     if (self->weakreflist != NULL) {
         PyObject_ClearWeakRefs((PyObject *)self);
     }
-    wrapper_clear(self);
+    wrapper_clear(op);
     tp->tp_free(self);
     Py_DECREF(tp);
 }
@@ -408,7 +520,25 @@ bg_loop_runner(PyObject *module, PyObject *Py_UNUSED(ignored))
     return Py_XNewRef(loop_runner(st));
 }
 
+/* _run_in_pool(func, args, kwargs): what backgrounder._trio submits. */
+static PyObject *
+bg_run_in_pool(PyObject *module, PyObject *args)
+{
+    PyObject *func, *fargs, *fkwargs;
+    if (!PyArg_ParseTuple(args, "OO!O:_run_in_pool", &func, &PyTuple_Type, &fargs, &fkwargs)) {
+        return NULL;
+    }
+    if (fkwargs != Py_None && !PyDict_Check(fkwargs)) {
+        PyErr_Format(PyExc_TypeError, "_run_in_pool() kwargs must be a dict or None, not %R", fkwargs);
+        return NULL;
+    }
+    return background_start(get_state(module), func, 0, fargs, fkwargs == Py_None ? NULL : fkwargs);
+}
+
 static PyMethodDef background_functions[] = {
+    {"_run_in_pool", bg_run_in_pool, METH_VARARGS,
+     "_run_in_pool(func, args, kwargs, /)\n--\n\nfunc(*args, **kwargs) on the pool: a BackgroundHandle "
+     "(for backgrounder._trio)."},
     {"_loop_runner", bg_loop_runner, METH_NOARGS,
      "backgrounder's own loop thread (backgrounder._loop.LoopThread), started on first use."},
     {"background", bg_background, METH_O,
@@ -467,7 +597,7 @@ background_after_fork_child(bg_state *st)
 {
     /* The parent's loop thread and its tasks do not exist here: their
        handles settle as cancelled. */
-    handle_after_fork_child(st);
+    background_forget_engine_calls(st);
     Py_CLEAR(st->loop_runner);
 }
 

@@ -3,13 +3,21 @@
  */
 #include "bridge.h"
 #include "report.h"
+#include <structmember.h>
 
+/* The module's `inboxes` dict maps a weak reference to each loop to a weak
+ * reference to its inbox: what keeps an inbox alive is what needs it (the
+ * items on their way to it, and the drain scheduled on its loop), so that a
+ * loop stopped and dropped with completions pending is collected with them
+ * (the cycle loop -> its ready queue -> drain -> inbox -> items -> futures
+ * -> loop is visible to the GC), not kept for ever by the module. */
 typedef struct {
     PyObject_HEAD
     PyObject *loop;          /* strong */
     bg_item *head, *tail;    /* completions waiting for the drain */
     Py_ssize_t pending;      /* counted in by bridge_inbox_for, not yet settled or dropped */
     int armed;               /* a drain is scheduled on the loop */
+    PyObject *weakreflist;
 } InboxObject;
 
 /* The callable handed to loop.call_soon_threadsafe.  If the loop drops it
@@ -20,6 +28,23 @@ typedef struct {
     InboxObject *inbox;      /* strong */
     int ran;
 } DrainObject;
+
+/* A new reference to the object `ref` (a weak reference) points to, or NULL
+   (no exception) if it is dead. */
+static PyObject *
+deref(PyObject *ref)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    PyObject *obj = NULL;
+    if (PyWeakref_GetRef(ref, &obj) < 0) {
+        PyErr_Clear();
+    }
+    return obj;
+#else
+    PyObject *obj = PyWeakref_GetObject(ref);
+    return obj == Py_None ? NULL : Py_NewRef(obj);
+#endif
+}
 
 static inline bg_state *
 inbox_state(InboxObject *inbox)
@@ -39,15 +64,19 @@ inbox_uncount(bg_state *st, InboxObject *inbox, Py_ssize_t n)
         return;
     }
     assert(inbox->head == NULL && !inbox->armed);
-    PyObject *current = PyDict_GetItemWithError(st->inboxes, inbox->loop);
-    if (current == (PyObject *)inbox) {
-        if (PyDict_DelItem(st->inboxes, inbox->loop) < 0) {
+    PyObject *key = PyWeakref_NewRef(inbox->loop, NULL);
+    PyObject *ref = key ? PyDict_GetItemWithError(st->inboxes, key) : NULL;   /* borrowed */
+    PyObject *current = ref ? deref(ref) : NULL;
+    if (current == (PyObject *)inbox || (ref != NULL && current == NULL)) {
+        if (PyDict_DelItem(st->inboxes, key) < 0) {
             PyErr_WriteUnraisable((PyObject *)inbox);
         }
     }
-    else if (current == NULL && PyErr_Occurred()) {
+    else if (PyErr_Occurred()) {
         PyErr_WriteUnraisable((PyObject *)inbox);
     }
+    Py_XDECREF(current);
+    Py_XDECREF(key);
 }
 
 /* Drops every completion in the inbox: its loop is closed, nobody can await
@@ -76,28 +105,42 @@ inbox_discard(bg_state *st, InboxObject *inbox)
 PyObject *
 bridge_inbox_for(bg_state *st, PyObject *loop)
 {
-    PyObject *found = PyDict_GetItemWithError(st->inboxes, loop);
-    if (found) {
+    PyObject *key = PyWeakref_NewRef(loop, NULL);   /* the loop's own (cached) weak reference */
+    if (key == NULL) {
+        return NULL;
+    }
+    PyObject *ref = PyDict_GetItemWithError(st->inboxes, key);   /* borrowed */
+    PyObject *found = ref ? deref(ref) : NULL;
+    if (found != NULL) {
+        Py_DECREF(key);
         ((InboxObject *)found)->pending++;
-        return Py_NewRef(found);
+        return found;
     }
     if (PyErr_Occurred()) {
+        Py_DECREF(key);
         return NULL;
     }
     InboxObject *inbox = PyObject_GC_New(InboxObject, st->inbox_type);
     if (inbox == NULL) {
+        Py_DECREF(key);
         return NULL;
     }
     inbox->loop = Py_NewRef(loop);
     inbox->head = inbox->tail = NULL;
     inbox->pending = 1;
     inbox->armed = 0;
+    inbox->weakreflist = NULL;
     PyObject_GC_Track(inbox);
-    if (PyDict_SetItem(st->inboxes, loop, (PyObject *)inbox) < 0) {
+    ref = PyWeakref_NewRef((PyObject *)inbox, NULL);
+    if (ref == NULL || PyDict_SetItem(st->inboxes, key, ref) < 0) {
         inbox->pending = 0;
+        Py_XDECREF(ref);
+        Py_DECREF(key);
         Py_DECREF(inbox);
         return NULL;
     }
+    Py_DECREF(ref);
+    Py_DECREF(key);
     return (PyObject *)inbox;
 }
 
@@ -222,28 +265,11 @@ settle(bg_state *st, bg_item *item, PyObject **interrupt)
     Py_DECREF(err);
 }
 
-void
-bridge_post(bg_item *item)
+/* Schedules the inbox's drain on its loop (one wake-up for the batch). */
+static void
+arm(bg_state *st, InboxObject *inbox)
 {
-    InboxObject *inbox = (InboxObject *)item->inbox;
-    bg_state *st = inbox_state(inbox);
-    if (item->result == NULL && item->exc == NULL) {
-        bridge_forget(item);   /* skipped: its future was cancelled */
-        return;
-    }
-    item->next = NULL;
-    if (inbox->tail) {
-        inbox->tail->next = item;
-    }
-    else {
-        inbox->head = item;
-    }
-    inbox->tail = item;
-    if (inbox->armed) {
-        return;   /* the drain already scheduled will take it */
-    }
-    inbox->armed = 1;
-    DrainObject *drain = PyObject_New(DrainObject, st->drain_type);
+    DrainObject *drain = PyObject_GC_New(DrainObject, st->drain_type);
     if (drain == NULL) {
         /* The completions stay in the inbox: the next one tries again. */
         inbox->armed = 0;
@@ -252,6 +278,7 @@ bridge_post(bg_item *item)
     }
     drain->inbox = (InboxObject *)Py_NewRef(inbox);
     drain->ran = 0;
+    PyObject_GC_Track(drain);
     PyObject *res = PyObject_CallMethodOneArg(
         inbox->loop, st->str_call_soon_threadsafe, (PyObject *)drain);
     if (res == NULL) {
@@ -266,6 +293,34 @@ bridge_post(bg_item *item)
     }
     Py_XDECREF(res);
     Py_DECREF(drain);
+}
+
+void
+bridge_post(bg_item *item)
+{
+    InboxObject *inbox = (InboxObject *)item->inbox;
+    bg_state *st = inbox_state(inbox);
+    if (item->result == NULL && item->exc == NULL) {
+        bridge_forget(item);   /* skipped: its future was cancelled */
+        return;
+    }
+    /* Once the item is in the inbox, the inbox's only owner may be that
+       item (a cycle to the GC) until the drain holds it: held here too, so
+       that a collection meanwhile (allocating the drain) keeps it. */
+    Py_INCREF(inbox);
+    item->next = NULL;
+    if (inbox->tail) {
+        inbox->tail->next = item;
+    }
+    else {
+        inbox->head = item;
+    }
+    inbox->tail = item;
+    if (!inbox->armed) {   /* else the drain already scheduled will take it */
+        inbox->armed = 1;
+        arm(st, inbox);
+    }
+    Py_DECREF(inbox);
 }
 
 /* ---- pool ops for awaited futures ----------------------------------------- */
@@ -294,6 +349,16 @@ inbox_traverse(PyObject *op, visitproc visit, void *arg)
     InboxObject *self = (InboxObject *)op;
     Py_VISIT(Py_TYPE(self));
     Py_VISIT(self->loop);
+    for (bg_item *item = self->head; item; item = item->next) {
+        Py_VISIT(item->func);
+        Py_VISIT(item->args);
+        Py_VISIT(item->kwargs);
+        Py_VISIT(item->context);
+        Py_VISIT(item->target);
+        Py_VISIT(item->inbox);
+        Py_VISIT(item->result);
+        Py_VISIT(item->exc);
+    }
     return 0;
 }
 
@@ -301,14 +366,36 @@ static int
 inbox_clear(PyObject *op)
 {
     InboxObject *self = (InboxObject *)op;
+    if (self->head != NULL) {
+        inbox_discard(inbox_state(self), self);   /* its loop is unreachable: nobody awaits them */
+    }
     Py_CLEAR(self->loop);
     return 0;
 }
 
+static void
+inbox_dealloc(PyObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    if (((InboxObject *)self)->weakreflist != NULL) {
+        PyObject_ClearWeakRefs(self);
+    }
+    inbox_clear(self);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static PyMemberDef inbox_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(InboxObject, weakreflist), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
 static PyType_Slot inbox_slots[] = {
     {Py_tp_traverse, inbox_traverse},
     {Py_tp_clear, inbox_clear},
-    {Py_tp_dealloc, bg_gc_dealloc},
+    {Py_tp_dealloc, inbox_dealloc},
+    {Py_tp_members, inbox_members},
     {Py_tp_doc, "Completions on their way to one event loop (internal)."},
     {0, NULL},
 };
@@ -330,10 +417,10 @@ drain_call(PyObject *op, PyObject *args, PyObject *kwargs)
     (void)kwargs;
     DrainObject *self = (DrainObject *)op;
     InboxObject *inbox = self->inbox;
-    bg_state *st = inbox_state(inbox);
-    if (self->ran) {
+    if (self->ran || inbox == NULL) {
         Py_RETURN_NONE;
     }
+    bg_state *st = inbox_state(inbox);
     self->ran = 1;
     inbox->armed = 0;
     bg_item *items = inbox->head;
@@ -359,22 +446,40 @@ drain_call(PyObject *op, PyObject *args, PyObject *kwargs)
     Py_RETURN_NONE;
 }
 
+static int
+drain_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(((DrainObject *)op)->inbox);
+    return 0;
+}
+
+static int
+drain_clear(PyObject *op)
+{
+    Py_CLEAR(((DrainObject *)op)->inbox);
+    return 0;
+}
+
 static void
 drain_dealloc(PyObject *op)
 {
     DrainObject *self = (DrainObject *)op;
     PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(op);
     InboxObject *inbox = self->inbox;
-    if (!self->ran && inbox->armed) {
+    if (inbox != NULL && !self->ran && inbox->armed) {
         inbox_discard(inbox_state(inbox), inbox);   /* the loop dropped us */
     }
-    Py_DECREF(inbox);
+    drain_clear(op);
     tp->tp_free(self);
     Py_DECREF(tp);
 }
 
 static PyType_Slot drain_slots[] = {
     {Py_tp_call, drain_call},
+    {Py_tp_traverse, drain_traverse},
+    {Py_tp_clear, drain_clear},
     {Py_tp_dealloc, drain_dealloc},
     {Py_tp_doc, "Settles the futures of one inbox on its loop (internal)."},
     {0, NULL},
@@ -383,7 +488,8 @@ static PyType_Slot drain_slots[] = {
 static PyType_Spec drain_spec = {
     .name = "backgrounder._backgrounder.Drain",
     .basicsize = sizeof(DrainObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION | Py_TPFLAGS_IMMUTABLETYPE,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION
+             | Py_TPFLAGS_IMMUTABLETYPE,
     .slots = drain_slots,
 };
 

@@ -3,12 +3,37 @@
 
 #define CORO(self) ((bg_coro *)(self))
 
+static PySendResult delegate_throw(bg_state *st, PyObject *iter, PyObject *exc, PyObject **result);
+static int delegate_close(bg_state *st, PyObject *iter);
+
+static inline bg_state *
+coro_state(PyObject *self)
+{
+    return (bg_state *)PyType_GetModuleState(Py_TYPE(self));
+}
+
+/* The foreign coroutine answered: once it returned or raised, it is done. */
+static PySendResult
+foreign_answered(PyObject *self, PySendResult status)
+{
+    if (status != PYGEN_NEXT) {
+        Py_CLEAR(CORO(self)->foreign);
+    }
+    return status;
+}
+
 /* Every send and throw into a bg_coro goes through these two: they keep
    `suspended` true while someone awaits it. */
 static PySendResult
 coro_do_send(PyObject *self, PyObject *value, PyObject **result)
 {
-    PySendResult status = CORO(self)->ops->send(self, value, result);
+    PySendResult status;
+    if (CORO(self)->foreign != NULL) {
+        status = foreign_answered(self, PyIter_Send(CORO(self)->foreign, value, result));
+    }
+    else {
+        status = CORO(self)->ops->send(self, value, result);
+    }
     CORO(self)->suspended = status == PYGEN_NEXT;
     return status;
 }
@@ -16,7 +41,14 @@ coro_do_send(PyObject *self, PyObject *value, PyObject **result)
 static PySendResult
 coro_do_throw(PyObject *self, PyObject *exc, PyObject **result)
 {
-    PySendResult status = CORO(self)->ops->throw_(self, exc, result);
+    PySendResult status;
+    if (CORO(self)->foreign != NULL) {
+        status = foreign_answered(self, delegate_throw(coro_state(self), CORO(self)->foreign, exc,
+                                                       result));
+    }
+    else {
+        status = CORO(self)->ops->throw_(self, exc, result);
+    }
     CORO(self)->suspended = status == PYGEN_NEXT;
     return status;
 }
@@ -25,7 +57,45 @@ static int
 coro_do_close(PyObject *self)
 {
     CORO(self)->suspended = 0;
+    PyObject *foreign = CORO(self)->foreign;
+    if (foreign != NULL) {
+        CORO(self)->foreign = NULL;
+        int r = delegate_close(coro_state(self), foreign);
+        Py_DECREF(foreign);
+        return r;
+    }
     return CORO(self)->ops->close(self);
+}
+
+PySendResult
+bg_coro_go_foreign(PyObject *self, const char *name, PyObject *args,
+                   PyObject **result)
+{
+    PyObject *mod = NULL, *coro = NULL, *trio_name = PyUnicode_FromString("trio");
+    PyObject *trio = trio_name ? PyImport_GetModule(trio_name) : NULL;   /* never imports it */
+    Py_XDECREF(trio_name);
+    if (trio == NULL) {
+        return PYGEN_ERROR;   /* asyncio's "no running event loop" stays */
+    }
+    Py_DECREF(trio);
+    PyObject *no_loop = bg_fetch_exception();
+    mod = PyImport_ImportModule("backgrounder._trio");
+    PyObject *func = mod ? PyObject_GetAttrString(mod, name) : NULL;
+    coro = func ? PyObject_CallObject(func, args) : NULL;
+    Py_XDECREF(func);
+    Py_XDECREF(mod);
+    if (coro == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_LookupError)) {
+            /* No trio run here either: asyncio's error is the one to see. */
+            PyErr_Clear();
+            bg_raise(no_loop);
+        }
+        Py_DECREF(no_loop);
+        return PYGEN_ERROR;
+    }
+    Py_DECREF(no_loop);
+    Py_XSETREF(CORO(self)->foreign, coro);
+    return foreign_answered(self, PyIter_Send(coro, Py_None, result));
 }
 
 PyObject *
@@ -158,11 +228,11 @@ coro_close(PyObject *self, PyObject *Py_UNUSED(ignored))
 }
 
 PyMethodDef bg_coro_methods[] = {
-    {"send", (PyCFunction)coro_send, METH_O,
+    {"send", coro_send, METH_O,
      "send($self, value, /)\n--\n\nResumes the awaitable with a value."},
     {"throw", (PyCFunction)(void (*)(void))coro_throw, METH_FASTCALL,
      "throw(typ, val=None, tb=None)\n--\n\nRaises an exception inside the awaitable."},
-    {"close", (PyCFunction)coro_close, METH_NOARGS,
+    {"close", coro_close, METH_NOARGS,
      "close($self, /)\n--\n\nEnds the awaitable; a call not started yet never starts."},
     {NULL, NULL, 0, NULL},
 };

@@ -138,10 +138,7 @@ handle_notify(bg_state *st, HandleObject *h, bg_node *callbacks, bg_item *waiter
     }
 }
 
-/* Moves the handle to its final state (H_FINISHED with result or exc, both
-   stolen, or H_CANCELLED with neither) if it is not there yet, then
-   notifies.  GIL held. */
-static void
+void
 handle_settle(bg_state *st, HandleObject *h, int state, PyObject *result, PyObject *exc)
 {
     pool_lock(st->pool);
@@ -205,108 +202,17 @@ handle_item_finish(bg_item *item)
 
 const bg_item_ops handle_item_ops = {handle_item_start, handle_item_finish, 0};
 
-/* The done callback of an async call's asyncio task (bound to the handle). */
-static PyObject *
-handle_settle_from(PyObject *op, PyObject *task)
-{
-    HandleObject *h = (HandleObject *)op;
-    bg_state *st = handle_state(h);
-    int r = PyDict_DelItem(st->async_calls, op);
-    if (r < 0) {
-        PyErr_Clear();   /* already gone: settled after a fork */
-    }
-    else {
-        pool_async_end(st->pool);
-    }
-    PyObject *cancelled = PyObject_CallMethodNoArgs(task, st->str_cancelled);
-    if (cancelled == NULL) {
-        return NULL;
-    }
-    int was_cancelled = cancelled == Py_True;
-    Py_DECREF(cancelled);
-    if (was_cancelled) {
-        /* Not by the handle (an async call cannot be cancelled through it):
-           its loop was shut down under it.  That is work lost: say so. */
-        PyObject *exc = PyObject_CallNoArgs(st->cancelled_error);
-        if (exc == NULL) {
-            return NULL;
-        }
-        bg_report_error(st, "background call %s was cancelled before it finished: its event "
-                        "loop ended (await backgrounder.drain() before it ends)", h->func, exc);
-        Py_DECREF(exc);
-        handle_cancel_now(st, h);
-        Py_RETURN_NONE;
-    }
-    PyObject *exc = PyObject_CallMethodNoArgs(task, st->str_exception);
-    if (exc == NULL) {
-        return NULL;
-    }
-    if (exc != Py_None) {
-        handle_settle(st, h, H_FINISHED, NULL, exc);
-        Py_RETURN_NONE;
-    }
-    Py_DECREF(exc);
-    PyObject *result = PyObject_CallMethodNoArgs(task, st->str_result);
-    if (result == NULL) {
-        return NULL;
-    }
-    handle_settle(st, h, H_FINISHED, result, NULL);
-    Py_RETURN_NONE;
-}
-
-static PyMethodDef handle_settle_from_def = {
-    "_settle_from", handle_settle_from, METH_O, "Done callback of the call's asyncio task (internal).",
-};
-
 PyObject *
-handle_async_done(HandleObject *h)
+handle_func(HandleObject *h)
 {
-    return PyCFunction_New(&handle_settle_from_def, (PyObject *)h);
+    return h->func;
 }
 
-int
-handle_async_started(bg_state *st, HandleObject *h, PyObject *loop, PyObject *task)
+void
+handle_set_running(HandleObject *h, PyObject *loop)
 {
-    if (PyDict_SetItem(st->async_calls, (PyObject *)h, task) < 0) {
-        return -1;
-    }
-    pool_async_begin(st->pool);
     h->state = H_RUNNING;   /* an asyncio task cannot be cancelled through the handle */
     Py_XSETREF(h->loop, Py_NewRef(loop));
-    return 0;
-}
-
-void
-handle_async_abort(bg_state *st, HandleObject *h)
-{
-    if (PyDict_DelItem(st->async_calls, (PyObject *)h) < 0) {
-        PyErr_Clear();
-        return;
-    }
-    pool_async_end(st->pool);
-}
-
-void
-handle_after_fork_child(bg_state *st)
-{
-    /* The calls on the parent's engine loop (task None) never end here. */
-    PyObject *items = PyDict_Items(st->async_calls);
-    if (items == NULL) {
-        PyErr_WriteUnraisable(NULL);
-        return;
-    }
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(items); i++) {
-        PyObject *pair = PyList_GET_ITEM(items, i);
-        if (PyTuple_GET_ITEM(pair, 1) != Py_None) {
-            continue;
-        }
-        PyObject *h = PyTuple_GET_ITEM(pair, 0);
-        if (PyDict_DelItem(st->async_calls, h) < 0) {
-            PyErr_WriteUnraisable(h);
-        }
-        handle_cancel_now(st, (HandleObject *)h);
-    }
-    Py_DECREF(items);
 }
 
 /* ---- the handle's methods ------------------------------------------------ */
@@ -537,6 +443,14 @@ wait_start(WaitObject *self, PyObject **result)
     self->state = WAIT_DONE;   /* whatever fails below ends the wait */
     loop = PyObject_CallNoArgs(st->get_running_loop);
     if (loop == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_RuntimeError)) {
+            /* No asyncio loop: trio's way, if trio runs (a foreign wait). */
+            PyObject *args = PyTuple_Pack(1, (PyObject *)h);
+            if (args != NULL) {
+                status = bg_coro_go_foreign((PyObject *)self, "wait_handle", args, result);
+                Py_DECREF(args);
+            }
+        }
         goto done;
     }
     fut = bg_new_future(st, loop);
@@ -658,6 +572,7 @@ wait_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(Py_TYPE(self));
     Py_VISIT(self->handle);
     Py_VISIT(self->wait.fut);
+    BG_CORO_VISIT(self);
     return 0;
 }
 
@@ -672,6 +587,7 @@ wait_clear(PyObject *op)
     }
     Py_CLEAR(self->handle);
     Py_CLEAR(self->wait.fut);
+    BG_CORO_CLEAR(self);
     return 0;
 }
 

@@ -27,17 +27,18 @@ HandleObject *handle_new(bg_state *st, PyObject *func);
    outcome, or as cancelled if the item never ran. */
 extern const bg_item_ops handle_item_ops;
 
-/* Returns a new reference to the done callback that settles `h` from the
-   asyncio task of its async call, or NULL with an exception set. */
-PyObject *handle_async_done(HandleObject *h);
-/* An async call of `h` runs as an asyncio task on `loop`: the handle is
-   marked running, and remembers the loop (result() on that loop's thread
-   would block it); the call counts as running for drain().  `task` (None
-   on the engine's own loop) is kept alive until the call ends.  Returns 0,
-   or -1 with an exception set. */
-int handle_async_started(bg_state *st, HandleObject *h, PyObject *loop, PyObject *task);
-/* The call counted by handle_async_started will never run after all. */
-void handle_async_abort(bg_state *st, HandleObject *h);
+/* GIL held.  Moves the handle to its final state (H_FINISHED with result or
+   exc, both stolen, or H_CANCELLED with neither) if it is not there yet,
+   then calls its done callbacks and wakes its awaiting tasks. */
+void handle_settle(bg_state *st, HandleObject *h, int state, PyObject *result, PyObject *exc);
+
+/* GIL held.  The handle's async call runs on `loop`: the handle is running
+   (it cannot be cancelled any more), and remembers the loop (result() on
+   that loop's thread would block it). */
+void handle_set_running(HandleObject *h, PyObject *loop);
+
+/* The function `h` runs: a borrowed reference. */
+PyObject *handle_func(HandleObject *h);
 
 /* GIL held.  Settles `h` as cancelled if it is not done yet.  */
 void handle_cancel_now(bg_state *st, HandleObject *h);
@@ -45,10 +46,6 @@ void handle_cancel_now(bg_state *st, HandleObject *h);
 /* At exit: reports every failure not retrieved yet, of handles still
    alive, and marks them retrieved. */
 void handle_report_unretrieved(bg_state *st);
-
-/* In a forked child: the async calls that ran on the parent's engine loop
-   (which the child does not have) are settled as cancelled. */
-void handle_after_fork_child(bg_state *st);
 
 /* Module exec: makes the handle types.  Returns 0 or -1. */
 int handle_init_types(PyObject *module, bg_state *st);

@@ -201,11 +201,101 @@ bg_is_background_task(PyObject *module, PyObject *task)
     return r < 0 ? NULL : PyBool_FromLong(r);
 }
 
+/* Returns a new list of the callables of the calls the exit waits for: on
+   the pool, and async ones on the engine's loop.  NULL with an exception. */
+static PyObject *
+pending_funcs(bg_state *st)
+{
+    PyObject *funcs = pool_pending_funcs(st->pool);
+    PyObject *key, *value;
+    Py_ssize_t pos = 0;
+    while (funcs != NULL && PyDict_Next(st->async_calls, &pos, &key, &value)) {
+        if (value == Py_None && PyList_Append(funcs, handle_func((HandleObject *)key)) < 0) {
+            Py_CLEAR(funcs);
+        }
+    }
+    return funcs;
+}
+
+/* Logs, on the "backgrounder" logger (or stderr), one line: `fmt` with the
+   number of pending calls and, with `names`, their functions. */
+static void
+say_pending(bg_state *st, PyObject *funcs, int names)
+{
+    Py_ssize_t n = PyList_GET_SIZE(funcs);
+    PyObject *msg = NULL, *parts = NULL, *joined = NULL, *sep = NULL;
+    if (names) {
+        parts = PyList_New(0);
+        for (Py_ssize_t i = 0; parts != NULL && i < n; i++) {
+            PyObject *name = bg_callable_name(st, PyList_GET_ITEM(funcs, i));
+            if (name == NULL || PyList_Append(parts, name) < 0) {
+                Py_CLEAR(parts);
+            }
+            Py_XDECREF(name);
+        }
+        sep = PyUnicode_FromString(", ");
+        joined = parts && sep ? PyUnicode_Join(sep, parts) : NULL;
+        if (joined != NULL) {
+            msg = PyUnicode_FromFormat("Abandoned %zd background call%s: %U", n, n == 1 ? "" : "s",
+                                       joined);
+        }
+    }
+    else {
+        msg = PyUnicode_FromFormat("Waiting for %zd background call%s to complete. "
+                                   "(CTRL+C again to abandon %s)", n, n == 1 ? "" : "s",
+                                   n == 1 ? "it" : "them");
+    }
+    if (msg != NULL) {
+        bg_report_warning(st, msg);
+    }
+    else {
+        PyErr_WriteUnraisable(NULL);
+    }
+    Py_XDECREF(msg);
+    Py_XDECREF(parts);
+    Py_XDECREF(joined);
+    Py_XDECREF(sep);
+}
+
+#define EXIT_QUIET 0.2   /* seconds the exit waits before it says what it waits for */
+
 static PyObject *
 bg_exit_drain(PyObject *module, PyObject *Py_UNUSED(ignored))
 {
     bg_state *st = get_state(module);
-    int r = wait_idle(st, -1);
+    PyObject *funcs = pending_funcs(st);
+    if (funcs == NULL) {
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(funcs);
+    Py_DECREF(funcs);
+    /* Work that ends at once ends in silence; otherwise a person waiting at
+       Ctrl-C is told why, early enough to read it before a supervisor's
+       kill (Django's autoreloader kills its child after 0.25 s). */
+    int r = n > 0 ? wait_idle(st, bg_deadline(EXIT_QUIET)) : 1;
+    if (r == 0) {
+        funcs = pending_funcs(st);
+        if (funcs == NULL) {
+            return NULL;
+        }
+        if (PyList_GET_SIZE(funcs) > 0) {
+            say_pending(st, funcs, 0);
+        }
+        Py_DECREF(funcs);
+        r = wait_idle(st, -1);
+    }
+    if (r < 0 && PyErr_ExceptionMatches(PyExc_KeyboardInterrupt)) {
+        /* Ctrl-C again: give up on what is left, saying what, no traceback. */
+        PyErr_Clear();
+        st->abandoned = 1;
+        funcs = pending_funcs(st);
+        if (funcs == NULL) {
+            return NULL;
+        }
+        say_pending(st, funcs, 1);
+        Py_DECREF(funcs);
+        r = 0;
+    }
     /* What failed and is still referenced (a global, say) is reported now,
        while logging still works. */
     handle_report_unretrieved(st);
@@ -217,10 +307,12 @@ bg_at_exit(PyObject *module, PyObject *Py_UNUSED(ignored))
 {
     bg_state *st = get_state(module);
     /* The pool is shut down even if stopping the loop thread was interrupted:
-       no worker may outlive the interpreter's exit. */
-    int r = background_stop_loop(st, 1, -1);
+       no worker may outlive the interpreter's exit, unless Ctrl-C at the
+       exit drain abandoned them (then they end as daemon threads do). */
+    int wait = !st->abandoned;
+    int r = background_stop_loop(st, wait, -1);
     PyObject *exc = r < 0 ? bg_fetch_exception() : NULL;
-    if (pool_shutdown(st->pool, 1, -1) < 0) {
+    if (pool_shutdown(st->pool, wait, -1) < 0) {
         Py_XDECREF(exc);
         return NULL;
     }

@@ -14,59 +14,13 @@
  * workers as there are blocked calls.  A worker idle for idle_timeout seconds
  * exits.
  */
-#include "pool.h"
-#include "compat.h"
-#include "platform.h"
-#include <stdatomic.h>
+#include "pool_impl.h"
 
 #define FREE_LIST_MAX 4096   /* items kept for reuse */
 #define GIL_BATCH 64         /* items run back to back before offering the GIL */
-#define WAIT_SLICE 0.05      /* seconds between checks for signals while waiting */
 #define SPIN_MAX 100e-6      /* the longest a worker looks for work before sleeping */
 #define SPIN_MIN 5e-6        /* below this, no spin at all */
 #define SPIN_PROBE 32        /* when not spinning, try again every this many sleeps */
-
-struct bg_pool {
-    bg_mutex mu;
-    bg_cond work_cv;          /* idle workers wait here */
-    bg_cond idle_cv;          /* pool_wait_idle and pool_shutdown wait here */
-
-    /* Written under mu; read without it by a spinning worker. */
-    atomic_int has_work;
-
-    /* Guarded by mu. */
-    bg_item *head, *tail;
-    Py_ssize_t queued;
-    Py_ssize_t running;       /* items taken from the queue, not yet finished */
-    Py_ssize_t nworkers;      /* threads that take items */
-    Py_ssize_t nthreads;      /* threads alive, those on their way out included */
-    Py_ssize_t nidle;         /* waiting on work_cv */
-    Py_ssize_t nsearching;    /* awake and not yet running an item with the GIL */
-    Py_ssize_t tokens;        /* wake-ups sent to idle workers, not yet taken */
-    Py_ssize_t nwaiters;      /* threads waiting on idle_cv */
-    Py_ssize_t nworker_waits; /* workers among them, in an engine wait (idle, drained, gone) */
-    Py_ssize_t nasync;        /* async @background calls not finished, on any loop */
-    Py_ssize_t nasync_waits;  /* async calls among them waiting in pool_wait_drained */
-    bg_item *running_items;   /* items taken by workers, not yet finished (for fork) */
-    Py_ssize_t nspinning;     /* workers spinning for work (at most one) */
-    double spin_limit;        /* how long the next spin lasts, adapted to how spins fare */
-    int spin_skipped;         /* sleeps without a spin since the last one */
-    Py_ssize_t max_workers;
-    double idle_timeout;
-    int closed;
-    Py_ssize_t refcnt;
-
-    PyInterpreterState *interp;
-    bg_pool *next_pool;       /* the registry of pools, for the fork handlers */
-    bg_item *orphans;         /* a forked child's copy of the parent's queue, to free */
-
-    /* Guarded by the GIL. */
-    bg_item *free_items;
-    Py_ssize_t nfree;
-    uint64_t submitted, done, failed, cancelled, wakeups, completions;
-
-    uint64_t threads_started;   /* guarded by mu */
-};
 
 #ifdef BG_DEBUG
 static atomic_ullong dbg_items_allocated, dbg_items_freed, dbg_threads_started, dbg_threads_ended;
@@ -159,145 +113,7 @@ queue_remove(bg_pool *pool, bg_item *item)
     return 0;
 }
 
-/* ---- fork -------------------------------------------------------------------
- *
- * Handlers registered with pthread_atfork run inside fork(), after Python's
- * own fork hooks, while the forking thread holds the GIL: no other thread
- * holds the GIL then, and none holds a pool's lock while waiting for it, so
- * taking every pool's lock there cannot deadlock, and the child inherits
- * consistent queues.  The child, where only the forking thread exists, gets
- * fresh locks and no workers; its copy of the queue (the parent's work, run
- * by the parent) is kept aside and freed, with the GIL, on the pool's next
- * use.  All of it plain C: the registry holds no Python object.
- */
-
-static bg_mutex registry_mu = BG_MUTEX_INITIALIZER;
-static bg_pool *registry;
-
-/* What a worker thread is: its pool, and the item it runs (plain C, no
-   Python object).  Lets a task that waits on its own pool (calls shutdown,
-   say) leave itself out of the wait, and a child forked from inside a task
-   keep that task.  The key is created with the fork handlers, once per
-   process; each worker keeps its bg_worker on its own stack. */
-typedef struct {
-    bg_pool *pool;
-    bg_item *item;
-} bg_worker;
-
-static bg_tls worker_key;
-
-static inline bg_worker *
-current_worker(void)
-{
-    return (bg_worker *)bg_tls_get(worker_key);
-}
-
-/* 1 if the calling thread is one of `pool`'s workers. */
-static inline int
-is_worker_of(bg_pool *pool)
-{
-    bg_worker *w = current_worker();
-    return w != NULL && w->pool == pool;
-}
-
-static int pool_init_sync(bg_pool *pool);
-
-static void
-atfork_prepare(void)
-{
-    bg_mutex_lock(&registry_mu);
-    for (bg_pool *p = registry; p; p = p->next_pool) {
-        bg_mutex_lock(&p->mu);
-    }
-}
-
-static void
-atfork_parent(void)
-{
-    for (bg_pool *p = registry; p; p = p->next_pool) {
-        bg_mutex_unlock(&p->mu);
-    }
-    bg_mutex_unlock(&registry_mu);
-}
-
-static void
-atfork_child(void)
-{
-    bg_worker *me = current_worker();
-    for (bg_pool *p = registry; p; p = p->next_pool) {
-        int self = me != NULL && me->pool == p;   /* forked from inside a task */
-        if (pool_init_sync(p) != 0) {
-            abort();   /* no locks, no pool: nothing sane to go on with */
-        }
-        /* The parent's queued and running items: nobody runs them here.
-           pool_after_fork_child settles them as cancelled, with the GIL. */
-        if (p->head) {
-            p->tail->next = p->orphans;
-            p->orphans = p->head;
-        }
-        bg_item *running = p->running_items;
-        p->running_items = NULL;
-        while (running) {
-            bg_item *next = running->run_next;
-            running->run_next = running->run_prev = NULL;
-            if (self && running == me->item) {
-                p->running_items = running;   /* this very thread goes on with it */
-            }
-            else {
-                running->next = p->orphans;
-                p->orphans = running;
-            }
-            running = next;
-        }
-        p->head = p->tail = NULL;
-        p->queued = 0;
-        p->running = self;
-        p->nworkers = p->nthreads = self;
-        p->nidle = p->nsearching = p->tokens = p->nwaiters = p->nspinning = 0;
-        p->nworker_waits = p->nasync = p->nasync_waits = 0;
-        p->spin_skipped = 0;
-        atomic_store(&p->has_work, 0);
-        p->refcnt = 1 + self;   /* the module's, and this thread's if a worker */
-    }
-    memset(&registry_mu, 0, sizeof(registry_mu));
-    bg_mutex_init(&registry_mu);
-}
-
-static bg_once atfork_once = BG_ONCE_INIT;
-static int atfork_err;
-
-static void
-atfork_register(void)
-{
-    atfork_err = bg_tls_create(&worker_key);
-    if (atfork_err == 0) {
-        atfork_err = bg_atfork(atfork_prepare, atfork_parent, atfork_child);
-    }
-}
-
 /* ---- lifetime -------------------------------------------------------------- */
-
-/* Returns 0, or an errno value. */
-static int
-pool_init_sync(bg_pool *pool)
-{
-    int err = bg_mutex_init(&pool->mu);
-    if (err) {
-        return err;
-    }
-    err = bg_cond_init(&pool->work_cv);
-    if (err) {
-        bg_mutex_destroy(&pool->mu);
-        return err;
-    }
-    err = bg_cond_init(&pool->idle_cv);
-    if (err) {
-        bg_cond_destroy(&pool->work_cv);
-        bg_mutex_destroy(&pool->mu);
-        return err;
-    }
-    return 0;
-}
 
 bg_pool *
 pool_new(PyInterpreterState *interp)
@@ -319,17 +135,13 @@ pool_new(PyInterpreterState *interp)
     pool->spin_limit = SPIN_MAX;
     pool->refcnt = 1;
     pool->interp = interp;
-    bg_call_once(&atfork_once, atfork_register);
-    if (atfork_err) {
+    err = pool_sync_register(pool);
+    if (err) {
         pool_decref(pool);
-        errno = atfork_err;
+        errno = err;
         PyErr_SetFromErrno(PyExc_OSError);
         return NULL;
     }
-    bg_mutex_lock(&registry_mu);
-    pool->next_pool = registry;
-    registry = pool;
-    bg_mutex_unlock(&registry_mu);
     return pool;
 }
 
@@ -343,14 +155,7 @@ pool_decref(bg_pool *pool)
         return;
     }
     assert(pool->head == NULL && pool->nthreads == 0);
-    bg_mutex_lock(&registry_mu);
-    for (bg_pool **p = &registry; *p; p = &(*p)->next_pool) {
-        if (*p == pool) {
-            *p = pool->next_pool;
-            break;
-        }
-    }
-    bg_mutex_unlock(&registry_mu);
+    pool_sync_unregister(pool);
     bg_item *item = pool->free_items;
     while (item) {
         bg_item *next = item->next;
@@ -513,11 +318,11 @@ running_add(bg_pool *pool, bg_worker *me, bg_item *item)
     me->item = item;
 }
 
-/* mu held. */
+/* mu held.  Takes the item off the running list (before its owner may free
+   it); it still counts as running until the worker is done with it. */
 static void
-running_remove(bg_pool *pool, bg_worker *me, bg_item *item)
+running_unlink(bg_pool *pool, bg_worker *me, bg_item *item)
 {
-    pool->running--;
     if (item->run_prev) {
         item->run_prev->run_next = item->run_next;
     }
@@ -531,18 +336,9 @@ running_remove(bg_pool *pool, bg_worker *me, bg_item *item)
     me->item = NULL;
 }
 
-/* mu held.  Wakes the threads in pool_wait when one of its conditions may
-   have become true. */
-static inline void
-notify_waiters(bg_pool *pool)
-{
-    if (pool->nwaiters) {
-        bg_cond_broadcast(&pool->idle_cv);
-    }
-}
-
 /* GIL held.  Runs one item (counted as running) in its context and hands it
-   to its owner; by then it is no longer counted as running.  Returns 1 if
+   to its owner; the caller then counts it out (after the owner settled it,
+   so that a wait for idle sees the settled outcome).  Returns 1 if
    the worker was counted as searching before the hand-over (quick_finish),
    0 if not. */
 static int
@@ -566,7 +362,7 @@ run_item(bg_pool *pool, bg_worker *me, bg_item *item)
     }
     int early = run && item->ops->quick_finish;
     bg_mutex_lock(&pool->mu);
-    running_remove(pool, me, item);
+    running_unlink(pool, me, item);
     if (early) {
         pool->nsearching++;
     }
@@ -599,10 +395,11 @@ worker_run(bg_pool *pool, bg_worker *me, bg_item *item)
     }
     for (int batch = 1;; batch++) {
         bg_item *done = item;
-        /* run_item may free the item (finish): it is off the running list
-           first, under mu, so that a fork meanwhile does not see it. */
+        /* run_item frees the item (its owner's finish): it leaves the
+           running list first, under mu, so that a fork never sees it freed. */
         int searching = run_item(pool, me, done);
         bg_mutex_lock(&pool->mu);
+        pool->running--;
         /* configure() made the pool smaller: a busy worker takes no more
            work either, so no more than max_workers calls run. */
         item = pool->nworkers > pool->max_workers ? NULL : queue_pop(pool);
@@ -710,7 +507,7 @@ worker_main(void *arg)
     bg_pool *pool = arg;
     bg_worker me = {pool, NULL};
     bg_thread_set_name("backgrounder");
-    bg_tls_set(worker_key, &me);
+    bg_tls_set(bg_worker_key, &me);
     PyThreadState *tstate = PyThreadState_New(pool->interp);
 
     bg_mutex_lock(&pool->mu);
@@ -750,7 +547,7 @@ worker_main(void *arg)
         PyThreadState_Clear(tstate);
         PyThreadState_DeleteCurrent();
     }
-    bg_tls_set(worker_key, NULL);
+    bg_tls_set(bg_worker_key, NULL);
     DBG_COUNT(dbg_threads_ended);
 
     bg_mutex_lock(&pool->mu);
@@ -782,223 +579,3 @@ pool_configure(bg_pool *pool, Py_ssize_t max_workers, double idle_timeout)
     }
 }
 
-/* What a thread in pool_wait waits for. */
-enum { WAIT_IDLE, WAIT_DRAINED, WAIT_GONE, WAIT_FLAG };
-
-typedef struct {
-    int kind;
-    int worker;               /* the waiter is one of the pool's workers */
-    Py_ssize_t async;         /* 1 if the waiter is itself an async call (WAIT_DRAINED) */
-    int *flag;                /* WAIT_FLAG: read under mu */
-} wait_spec;
-
-/* mu held.  Is what `w` waits for there?  A worker waiting on its own pool
-   leaves out every worker that is itself in such a wait (itself included),
-   so that it never waits for its own caller and two such callers never
-   wait for each other; a thread that is not a worker waits for them all. */
-static int
-wait_met(bg_pool *pool, const wait_spec *w)
-{
-    Py_ssize_t busy_waiting = w->worker ? pool->nworker_waits : 0;
-    switch (w->kind) {
-    case WAIT_IDLE:
-        return pool->head == NULL && pool->running <= busy_waiting;
-    case WAIT_DRAINED:
-        return pool->head == NULL && pool->running <= busy_waiting
-               && pool->nasync <= pool->nasync_waits;
-    case WAIT_GONE:
-        return pool->nthreads <= busy_waiting;
-    default:
-        return *(volatile int *)w->flag;
-    }
-}
-
-/* GIL held; released while waiting.  Waits until what `w` waits for is
-   there or the bg_monotonic() time `deadline` passes (< 0: no limit),
-   checking for signals between slices.  Returns 1, 0 on timeout, -1 with an
-   exception set (a signal handler raised: Ctrl-C). */
-static int
-pool_wait(bg_pool *pool, wait_spec *w, double deadline)
-{
-    int counted = w->kind != WAIT_FLAG;   /* an engine wait, left out by the others */
-    for (;;) {
-        int met;
-        Py_BEGIN_ALLOW_THREADS
-        bg_mutex_lock(&pool->mu);
-        double slice_end = bg_monotonic() + WAIT_SLICE;
-        if (deadline >= 0 && deadline < slice_end) {
-            slice_end = deadline;
-        }
-        pool->nwaiters++;
-        if (counted) {
-            pool->nworker_waits += w->worker;
-            pool->nasync_waits += w->async;
-            notify_waiters(pool);   /* another worker's wait may be met now */
-        }
-        while (!(met = wait_met(pool, w))) {
-            if (bg_cond_wait_until(&pool->idle_cv, &pool->mu, slice_end) == ETIMEDOUT) {
-                met = wait_met(pool, w);
-                break;
-            }
-        }
-        pool->nwaiters--;
-        if (counted) {
-            pool->nworker_waits -= w->worker;
-            pool->nasync_waits -= w->async;
-        }
-        bg_mutex_unlock(&pool->mu);
-        Py_END_ALLOW_THREADS
-        if (met) {
-            return 1;
-        }
-        if (PyErr_CheckSignals() < 0) {
-            return -1;
-        }
-        if (deadline >= 0 && bg_monotonic() >= deadline) {
-            return 0;
-        }
-    }
-}
-
-int
-pool_wait_idle(bg_pool *pool, double deadline)
-{
-    wait_spec w = {WAIT_IDLE, is_worker_of(pool), 0, NULL};
-    return pool_wait(pool, &w, deadline);
-}
-
-int
-pool_wait_drained(bg_pool *pool, int self_async, double deadline)
-{
-    wait_spec w = {WAIT_DRAINED, is_worker_of(pool), self_async ? 1 : 0, NULL};
-    return pool_wait(pool, &w, deadline);
-}
-
-int
-pool_shutdown(bg_pool *pool, int wait, double deadline)
-{
-    wait_spec w = {WAIT_GONE, is_worker_of(pool), 0, NULL};
-    bg_mutex_lock(&pool->mu);
-    pool->closed = 1;
-    bg_cond_broadcast(&pool->work_cv);
-    int gone = wait_met(pool, &w);
-    bg_mutex_unlock(&pool->mu);
-    if (!wait || gone) {
-        return gone;
-    }
-    return pool_wait(pool, &w, deadline);
-}
-
-int
-pool_wait_flag(bg_pool *pool, int *flag, double deadline)
-{
-    wait_spec w = {WAIT_FLAG, 0, 0, flag};
-    return pool_wait(pool, &w, deadline);
-}
-
-/* For handles: see pool.h. */
-void
-pool_lock(bg_pool *pool)
-{
-    bg_mutex_lock(&pool->mu);
-}
-
-void
-pool_unlock_notify(bg_pool *pool)
-{
-    notify_waiters(pool);
-    bg_mutex_unlock(&pool->mu);
-}
-
-void
-pool_unlock(bg_pool *pool)
-{
-    bg_mutex_unlock(&pool->mu);
-}
-
-void
-pool_async_begin(bg_pool *pool)
-{
-    bg_mutex_lock(&pool->mu);
-    pool->nasync++;
-    bg_mutex_unlock(&pool->mu);
-    pool->submitted++;
-}
-
-void
-pool_async_end(bg_pool *pool)
-{
-    bg_mutex_lock(&pool->mu);
-    pool->nasync--;
-    notify_waiters(pool);
-    bg_mutex_unlock(&pool->mu);
-}
-
-int
-pool_is_closed(bg_pool *pool)
-{
-    bg_mutex_lock(&pool->mu);
-    int closed = pool->closed;
-    bg_mutex_unlock(&pool->mu);
-    return closed;
-}
-
-void
-pool_get_stats(bg_pool *pool, bg_pool_stats *out)
-{
-    bg_mutex_lock(&pool->mu);
-    out->queued = pool->queued;
-    out->running = pool->running;
-    out->workers = pool->nworkers;
-    out->idle = pool->nidle;
-    out->max_workers = pool->max_workers;
-    out->async_running = pool->nasync;
-    out->threads_started = pool->threads_started;
-    bg_mutex_unlock(&pool->mu);
-    out->submitted = pool->submitted;
-    out->done = pool->done;
-    out->failed = pool->failed;
-    out->cancelled = pool->cancelled;
-    out->wakeups = pool->wakeups;
-    out->completions = pool->completions;
-}
-
-void
-pool_count_wakeup(bg_pool *pool)
-{
-    pool->wakeups++;
-}
-
-void
-pool_count_completion(bg_pool *pool)
-{
-    pool->completions++;
-}
-
-/* ---- fork, the Python side ---------------------------------------------------- */
-
-void
-pool_after_fork_child(bg_pool *pool)
-{
-    /* The locks and counts were reset inside fork() (atfork_child); what is
-       left needs the GIL: drop the child's copy of the parent's queue. */
-    /* The parent's queued and running items never run here: each goes to
-       its owner as skipped (a @background handle then settles as
-       cancelled, so nobody in the child waits for it for ever). */
-    bg_item *orphans = pool->orphans;
-    pool->orphans = NULL;
-    while (orphans) {
-        bg_item *next = orphans->next;
-        orphans->next = NULL;
-        Py_CLEAR(orphans->result);
-        Py_CLEAR(orphans->exc);
-        orphans->ops->finish(orphans);
-        orphans = next;
-    }
-    /* A child starts from zero: the parent's counts are the parent's. */
-    pool->submitted = pool->done = pool->failed = pool->cancelled = 0;
-    pool->wakeups = pool->completions = 0;
-    bg_mutex_lock(&pool->mu);
-    pool->threads_started = 0;
-    bg_mutex_unlock(&pool->mu);
-}

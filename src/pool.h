@@ -126,6 +126,9 @@ int pool_is_closed(bg_pool *pool);
 
 /* GIL held. */
 void pool_get_stats(bg_pool *pool, bg_pool_stats *out);
+/* GIL held.  Returns a new list of the callables of the items running and
+   queued (the first 64), or NULL with MemoryError set. */
+PyObject *pool_pending_funcs(bg_pool *pool);
 /* GIL held: bridge.c counts loop wake-ups and delivered completions here. */
 void pool_count_wakeup(bg_pool *pool);
 void pool_count_completion(bg_pool *pool);

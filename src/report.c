@@ -1,7 +1,8 @@
 /* report.c: errors nobody will read, to the "backgrounder" logger.  See report.h. */
 #include "report.h"
 
-#define LOG_ERROR 40   /* logging.ERROR */
+#define LOG_ERROR 40     /* logging.ERROR */
+#define LOG_WARNING 30   /* logging.WARNING */
 
 int
 report_init(bg_state *st)
@@ -137,44 +138,34 @@ write_fallback(bg_state *st, PyObject *record)
     return r;
 }
 
-/* Logs the record; returns 0 or -1 with an exception set. */
+/* Makes a record of `what` % args at `level` pointing at path:line in
+   fname (path NULL: unknown) with exc_info (a tuple, or None), and hands it
+   to the logger's handlers, or to stderr when there are none.  Returns 0
+   (also when the level is disabled), or -1 with an exception set. */
 static int
-log_error(bg_state *st, const char *what, PyObject *func, PyObject *exc)
+emit(bg_state *st, int level, PyObject *path, long line, PyObject *fname, const char *what,
+     PyObject *args, PyObject *exc_info)
 {
-    PyObject *logger = Py_NewRef(st->logger), *name = NULL, *path = NULL, *fname = NULL;
-    PyObject *exc_info = NULL, *record = NULL, *res = NULL, *args = NULL, *lname = NULL;
-    long line = 0;
+    PyObject *logger = Py_NewRef(st->logger), *lname = NULL, *record = NULL, *res = NULL;
     int r = -1;
-    res = PyObject_CallMethod(logger, "isEnabledFor", "i", LOG_ERROR);
-    if (res == NULL) {
-        goto done;
-    }
-    int enabled = PyObject_IsTrue(res);
+    res = PyObject_CallMethod(logger, "isEnabledFor", "i", level);
+    int enabled = res ? PyObject_IsTrue(res) : -1;
     Py_CLEAR(res);
     if (enabled <= 0) {
         r = enabled;
         goto done;
     }
-    name = bg_callable_name(st, func);
     lname = PyObject_GetAttrString(logger, "name");
-    if (name == NULL || lname == NULL) {
-        goto done;
-    }
-    locate(st, func, exc, &path, &line, &fname);
-    PyObject *tb = PyException_GetTraceback(exc);
-    exc_info = PyTuple_Pack(3, (PyObject *)Py_TYPE(exc), exc, tb ? tb : Py_None);
-    Py_XDECREF(tb);
-    args = PyTuple_Pack(1, name);
-    if (exc_info == NULL || args == NULL) {
+    if (lname == NULL) {
         goto done;
     }
     /* makeRecord(name, level, fn, lno, msg, args, exc_info, func) */
     if (path != NULL) {
-        record = PyObject_CallMethod(logger, "makeRecord", "OiOlsOOO", lname, LOG_ERROR, path, line,
+        record = PyObject_CallMethod(logger, "makeRecord", "OiOlsOOO", lname, level, path, line,
                                      what, args, exc_info, fname ? fname : Py_None);
     }
     else {
-        record = PyObject_CallMethod(logger, "makeRecord", "OisisOOO", lname, LOG_ERROR,
+        record = PyObject_CallMethod(logger, "makeRecord", "OisisOOO", lname, level,
                                      "(unknown file)", 0, what, args, exc_info, Py_None);
     }
     if (record == NULL) {
@@ -194,16 +185,55 @@ log_error(bg_state *st, const char *what, PyObject *func, PyObject *exc)
         r = write_fallback(st, record);
     }
 done:
-    Py_XDECREF(logger);
-    Py_XDECREF(name);
+    Py_DECREF(logger);
     Py_XDECREF(lname);
+    Py_XDECREF(record);
+    Py_XDECREF(res);
+    return r;
+}
+
+/* Logs the failure; returns 0 or -1 with an exception set. */
+static int
+log_error(bg_state *st, const char *what, PyObject *func, PyObject *exc)
+{
+    PyObject *name = NULL, *path = NULL, *fname = NULL, *exc_info = NULL, *args = NULL;
+    long line = 0;
+    int r = -1;
+    name = bg_callable_name(st, func);
+    if (name == NULL) {
+        goto done;
+    }
+    locate(st, func, exc, &path, &line, &fname);
+    PyObject *tb = PyException_GetTraceback(exc);
+    exc_info = PyTuple_Pack(3, (PyObject *)Py_TYPE(exc), exc, tb ? tb : Py_None);
+    Py_XDECREF(tb);
+    args = PyTuple_Pack(1, name);
+    if (exc_info == NULL || args == NULL) {
+        goto done;
+    }
+    r = emit(st, LOG_ERROR, path, line, fname, what, args, exc_info);
+done:
+    Py_XDECREF(name);
     Py_XDECREF(path);
     Py_XDECREF(fname);
     Py_XDECREF(exc_info);
     Py_XDECREF(args);
-    Py_XDECREF(record);
-    Py_XDECREF(res);
     return r;
+}
+
+void
+bg_report_warning(bg_state *st, PyObject *message)
+{
+    PyObject *saved = bg_fetch_exception();
+    PyObject *args = PyTuple_Pack(1, message);
+    if (args == NULL || emit(st, LOG_WARNING, NULL, 0, NULL, "%s", args, Py_None) < 0) {
+        PyErr_WriteUnraisable(message);
+    }
+    Py_XDECREF(args);
+    if (saved) {
+        bg_raise(saved);
+        Py_DECREF(saved);
+    }
 }
 
 void

@@ -24,6 +24,11 @@ int report_init(bg_state *st);
 #define BG_CALL_FAILED "background call %s failed"
 void bg_report_error(bg_state *st, const char *what, PyObject *func, PyObject *exc);
 
+/* Logs `message` (a str) on the "backgrounder" logger at WARNING, or on
+   stderr with its level and logger name when no handler is configured.
+   Never raises (an exception set on entry is kept). */
+void bg_report_warning(bg_state *st, PyObject *message);
+
 /* Returns a new reference to a name for `func` fit for a log line: its
    module and qualified name, never its arguments.  Never fails but on
    memory (NULL with an exception set). */

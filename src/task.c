@@ -57,8 +57,12 @@ call_abandon(CallObject *self, PyObject *thrown)
             /* Already done: settled, or cancelled. */
             PyObject *cancelled = PyObject_CallMethodNoArgs(fut, st->str_cancelled);
             PyObject *exc = cancelled == Py_False ? PyObject_CallMethodNoArgs(fut, st->str_exception) : NULL;
+            /* Closed: lost, unless it is a GeneratorExit, which a task
+               delivers by throwing it into the coroutine awaiting this call
+               (and `yield from` turns that throw into this close). */
             int lost = thrown == NULL
-                       || PyObject_TypeCheck(thrown, (PyTypeObject *)st->cancelled_error);
+                       ? exc != NULL && !PyErr_GivenExceptionMatches(exc, PyExc_GeneratorExit)
+                       : PyObject_TypeCheck(thrown, (PyTypeObject *)st->cancelled_error);
             if (exc != NULL && exc != Py_None && exc != thrown && lost) {
                 bg_report_error(st, BG_CALL_FAILED, func ? func : Py_None, exc);
             }
@@ -86,6 +90,19 @@ call_submit(CallObject *self, PyObject **result)
     self->state = CALL_DONE;   /* whatever fails below ends the call */
     loop = PyObject_CallNoArgs(st->get_running_loop);
     if (loop == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_RuntimeError)) {
+            /* No asyncio loop: trio's way, if trio runs (a foreign wait). */
+            PyObject *args = PyTuple_Pack(3, self->func, self->args,
+                                          self->kwargs ? self->kwargs : Py_None);
+            if (args != NULL) {
+                PySendResult status = bg_coro_go_foreign((PyObject *)self, "call", args, result);
+                Py_DECREF(args);
+                Py_CLEAR(self->func);
+                Py_CLEAR(self->args);
+                Py_CLEAR(self->kwargs);
+                return status;
+            }
+        }
         goto error;
     }
     fut = bg_new_future(st, loop);
@@ -191,6 +208,7 @@ call_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(self->args);
     Py_VISIT(self->kwargs);
     Py_VISIT(self->wait.fut);
+    BG_CORO_VISIT(self);
     return 0;
 }
 
@@ -202,6 +220,7 @@ call_clear(PyObject *op)
     Py_CLEAR(self->args);
     Py_CLEAR(self->kwargs);
     Py_CLEAR(self->wait.fut);
+    BG_CORO_CLEAR(self);
     return 0;
 }
 
@@ -301,8 +320,9 @@ task_state(PyObject *self)
 }
 
 static int
-task_init(TaskObject *self, PyObject *args, PyObject *kwargs)
+task_init(PyObject *op, PyObject *args, PyObject *kwargs)
 {
+    TaskObject *self = (TaskObject *)op;
     bg_state *st = task_state((PyObject *)self);
     if (st == NULL) {
         return -1;
@@ -340,8 +360,9 @@ task_init(TaskObject *self, PyObject *args, PyObject *kwargs)
 }
 
 static PyObject *
-task_call(TaskObject *self, PyObject *args, PyObject *kwargs)
+task_call(PyObject *op, PyObject *args, PyObject *kwargs)
 {
+    TaskObject *self = (TaskObject *)op;
     if (PyTuple_GET_SIZE(args) || (kwargs && PyDict_GET_SIZE(kwargs))) {
         PyErr_SetString(PyExc_TypeError, "a Task is called with no arguments: task()");
         return NULL;
@@ -434,6 +455,22 @@ error:
     return NULL;
 }
 
+/* Returns 0 if every entry of `list` is a Task or a callable, else -1 with
+   TypeError naming the first that is not. */
+int
+task_check_entries(bg_state *st, PyObject *list)
+{
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(list); i++) {
+        PyObject *entry = PyList_GET_ITEM(list, i);
+        if (!PyObject_TypeCheck(entry, st->task_type) && !PyCallable_Check(entry)) {
+            PyErr_Format(PyExc_TypeError,
+                         "Tasks entries must be Task objects or callables, not %R", entry);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 PyObject *
 task_entry_call(bg_state *st, PyObject *entry)
 {
@@ -454,8 +491,9 @@ task_entry_call(bg_state *st, PyObject *entry)
 }
 
 static PyObject *
-task_get_func(TaskObject *self, void *Py_UNUSED(closure))
+task_get_func(PyObject *op, void *Py_UNUSED(closure))
 {
+    TaskObject *self = (TaskObject *)op;
     if (self->func == NULL) {
         PyErr_SetString(PyExc_AttributeError, "func");
         return NULL;
@@ -464,8 +502,9 @@ task_get_func(TaskObject *self, void *Py_UNUSED(closure))
 }
 
 static int
-task_set_func(TaskObject *self, PyObject *value, void *Py_UNUSED(closure))
+task_set_func(PyObject *op, PyObject *value, void *Py_UNUSED(closure))
 {
+    TaskObject *self = (TaskObject *)op;
     if (value == NULL || !PyCallable_Check(value)) {
         PyErr_Format(PyExc_TypeError, "Task.func must be callable, not %R", value ? value : Py_None);
         return -1;
@@ -481,8 +520,9 @@ task_set_func(TaskObject *self, PyObject *value, void *Py_UNUSED(closure))
 }
 
 static PyObject *
-task_get_args(TaskObject *self, void *Py_UNUSED(closure))
+task_get_args(PyObject *op, void *Py_UNUSED(closure))
 {
+    TaskObject *self = (TaskObject *)op;
     if (self->args == NULL) {
         PyErr_SetString(PyExc_AttributeError, "args");
         return NULL;
@@ -491,8 +531,9 @@ task_get_args(TaskObject *self, void *Py_UNUSED(closure))
 }
 
 static int
-task_set_args(TaskObject *self, PyObject *value, void *Py_UNUSED(closure))
+task_set_args(PyObject *op, PyObject *value, void *Py_UNUSED(closure))
 {
+    TaskObject *self = (TaskObject *)op;
     if (value == NULL || !PyTuple_Check(value)) {
         PyErr_Format(PyExc_TypeError, "Task.args must be a tuple, not %R", value ? value : Py_None);
         return -1;
@@ -502,8 +543,9 @@ task_set_args(TaskObject *self, PyObject *value, void *Py_UNUSED(closure))
 }
 
 static PyObject *
-task_get_kwargs(TaskObject *self, void *Py_UNUSED(closure))
+task_get_kwargs(PyObject *op, void *Py_UNUSED(closure))
 {
+    TaskObject *self = (TaskObject *)op;
     if (self->args == NULL) {   /* not a Task's fields: a Tasks has none */
         PyErr_SetString(PyExc_AttributeError, "kwargs");
         return NULL;
@@ -518,8 +560,9 @@ task_get_kwargs(TaskObject *self, void *Py_UNUSED(closure))
 }
 
 static int
-task_set_kwargs(TaskObject *self, PyObject *value, void *Py_UNUSED(closure))
+task_set_kwargs(PyObject *op, PyObject *value, void *Py_UNUSED(closure))
 {
+    TaskObject *self = (TaskObject *)op;
     if (value == NULL || !PyDict_Check(value)) {
         PyErr_Format(PyExc_TypeError, "Task.kwargs must be a dict, not %R", value ? value : Py_None);
         return -1;
@@ -529,8 +572,9 @@ task_set_kwargs(TaskObject *self, PyObject *value, void *Py_UNUSED(closure))
 }
 
 static PyObject *
-task_get_name(TaskObject *self, void *Py_UNUSED(closure))
+task_get_name(PyObject *op, void *Py_UNUSED(closure))
 {
+    TaskObject *self = (TaskObject *)op;
     bg_state *st = task_state((PyObject *)self);
     if (st == NULL) {
         return NULL;
@@ -566,16 +610,17 @@ task_get_is_coroutine(PyObject *self, void *Py_UNUSED(closure))
 
 static PyGetSetDef task_getset[] = {
     {"_is_coroutine", task_get_is_coroutine, NULL, "asyncio's coroutine-function marker.", NULL},
-    {"func", (getter)task_get_func, (setter)task_set_func, "The callable the task runs.", NULL},
-    {"args", (getter)task_get_args, (setter)task_set_args, "Its positional arguments (a tuple).", NULL},
-    {"kwargs", (getter)task_get_kwargs, (setter)task_set_kwargs, "Its keyword arguments (a dict).", NULL},
-    {"__name__", (getter)task_get_name, NULL, "The name of the callable (for inspect).", NULL},
+    {"func", task_get_func, task_set_func, "The callable the task runs.", NULL},
+    {"args", task_get_args, task_set_args, "Its positional arguments (a tuple).", NULL},
+    {"kwargs", task_get_kwargs, task_set_kwargs, "Its keyword arguments (a dict).", NULL},
+    {"__name__", task_get_name, NULL, "The name of the callable (for inspect).", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
 static PyObject *
-task_repr(TaskObject *self)
+task_repr(PyObject *op)
 {
+    TaskObject *self = (TaskObject *)op;
     PyObject *name = bg_type_name(Py_TYPE(self));
     if (name == NULL) {
         return NULL;
@@ -596,8 +641,9 @@ task_repr(TaskObject *self)
 }
 
 static int
-task_traverse(TaskObject *self, visitproc visit, void *arg)
+task_traverse(PyObject *op, visitproc visit, void *arg)
 {
+    TaskObject *self = (TaskObject *)op;
     Py_VISIT(Py_TYPE(self));
     Py_VISIT(self->func);
     Py_VISIT(self->args);
@@ -606,8 +652,9 @@ task_traverse(TaskObject *self, visitproc visit, void *arg)
 }
 
 static int
-task_clear(TaskObject *self)
+task_clear(PyObject *op)
 {
+    TaskObject *self = (TaskObject *)op;
     Py_CLEAR(self->func);
     Py_CLEAR(self->args);
     Py_CLEAR(self->kwargs);
@@ -615,11 +662,12 @@ task_clear(TaskObject *self)
 }
 
 static void
-task_dealloc(TaskObject *self)
+task_dealloc(PyObject *op)
 {
+    TaskObject *self = (TaskObject *)op;
     PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
-    task_clear(self);
+    task_clear(op);
     tp->tp_free(self);
     Py_DECREF(tp);
 }

@@ -30,6 +30,10 @@ PyObject *task_start(bg_state *st, PyObject *func, PyObject *args, PyObject *kwa
    TypeError set naming it. */
 PyObject *task_entry_call(bg_state *st, PyObject *entry);
 
+/* Returns 0 if every entry of `list` is a Task or a callable, else -1 with
+   TypeError naming the first that is not. */
+int task_check_entries(bg_state *st, PyObject *list);
+
 /* Module exec: makes the Task and Call types.  Returns 0 or -1. */
 int task_init_types(PyObject *module, bg_state *st);
 

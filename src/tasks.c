@@ -1,11 +1,8 @@
-/* tasks.c: Tasks, and its two ways to run: one entry after another (Seq) or
- * all at once as a group (Group).
+/* tasks.c: Tasks, and its run one entry after another (Seq); the run as a
+ * group is group.c's.
  *
  * Seq delegates to each entry's awaitable in turn, the way `for t in tasks:
- * await t()` would, so sends and throws reach the entry being awaited.  Group
- * starts every entry as an asyncio task, waits on one future that the last
- * child to finish settles, cancels the others at the first failure, and
- * raises the failures together as an ExceptionGroup, as a task group does.
+ * await t()` would, so sends and throws reach the entry being awaited.
  */
 #include "tasks.h"
 
@@ -14,22 +11,6 @@ typedef struct {
     PyObject *tasks;       /* strong: a list */
     int as_group;
 } TasksObject;
-
-/* Returns 0 if every entry of `list` is a Task or a callable, else -1 with
-   TypeError naming the first that is not. */
-static int
-check_entries(bg_state *st, PyObject *list)
-{
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(list); i++) {
-        PyObject *entry = PyList_GET_ITEM(list, i);
-        if (!PyObject_TypeCheck(entry, st->task_type) && !PyCallable_Check(entry)) {
-            PyErr_Format(PyExc_TypeError,
-                         "Tasks entries must be Task objects or callables, not %R", entry);
-            return -1;
-        }
-    }
-    return 0;
-}
 
 /* Returns 0 if a run of `entry` ends in its nesting: every Tasks reachable
    from it (as an entry, or as a Task's func) is nested less deep than the
@@ -177,19 +158,23 @@ seq_close(PyObject *op)
 static const bg_coro_ops seq_ops = {seq_send, seq_throw, seq_close};
 
 static int
-seq_traverse(SeqObject *self, visitproc visit, void *arg)
+seq_traverse(PyObject *op, visitproc visit, void *arg)
 {
+    SeqObject *self = (SeqObject *)op;
     Py_VISIT(Py_TYPE(self));
     Py_VISIT(self->tasks);
     Py_VISIT(self->sub);
+    BG_CORO_VISIT(self);
     return 0;
 }
 
 static int
-seq_clear(SeqObject *self)
+seq_clear(PyObject *op)
 {
+    SeqObject *self = (SeqObject *)op;
     Py_CLEAR(self->tasks);
     Py_CLEAR(self->sub);
+    BG_CORO_CLEAR(self);
     return 0;
 }
 
@@ -226,410 +211,12 @@ seq_new(bg_state *st, TasksObject *tasks)
     return (PyObject *)self;
 }
 
-/* ---- Group ----------------------------------------------------------------- */
-
-enum { GROUP_INIT, GROUP_WAITING, GROUP_DONE };
-
-typedef struct {
-    bg_coro base;
-    PyObject *tasks;       /* strong: the list */
-    PyObject *loop;        /* strong, once started */
-    PyObject *children;    /* strong: list of asyncio tasks */
-    bg_wait wait;          /* on a future settled when the last child is done */
-    PyObject *thrown;      /* strong: what was thrown in (a cancellation), re-raised at the end */
-    Py_ssize_t remaining;  /* children not done yet */
-    int failing;           /* a child failed: the others were cancelled */
-    int state;
-} GroupObject;
-
-/* Cancels every child not done yet.  Returns 0 or -1. */
-static int
-group_cancel_children(bg_state *st, GroupObject *self)
-{
-    if (self->children == NULL) {
-        return 0;
-    }
-    PyObject *children = Py_NewRef(self->children);
-    int r = 0;
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(children) && r == 0; i++) {
-        PyObject *res = PyObject_CallMethodNoArgs(PyList_GET_ITEM(children, i), st->str_cancel);
-        if (res == NULL) {
-            r = -1;
-        }
-        Py_XDECREF(res);
-    }
-    Py_DECREF(children);
-    return r;
-}
-
-/* Waits on a fresh future of the group's loop, settled when the last child
-   is done: PYGEN_NEXT with *result the future to yield, or PYGEN_ERROR. */
-static PySendResult
-group_wait(bg_state *st, GroupObject *self, PyObject **result)
-{
-    PyObject *fut = bg_new_future(st, self->loop);
-    if (fut == NULL) {
-        return PYGEN_ERROR;
-    }
-    PySendResult status = bg_wait_yield(st, &self->wait, fut, result);
-    Py_DECREF(fut);
-    return status;
-}
-
-/* A child's done callback (bound to the group). */
-static PyObject *
-group_child_done(PyObject *op, PyObject *child)
-{
-    GroupObject *self = (GroupObject *)op;
-    bg_state *st = coro_state(op);
-    self->remaining--;
-    if (self->state != GROUP_WAITING) {
-        Py_RETURN_NONE;
-    }
-    if (!self->failing) {
-        PyObject *cancelled = PyObject_CallMethodNoArgs(child, st->str_cancelled);
-        if (cancelled == NULL) {
-            return NULL;
-        }
-        int was_cancelled = cancelled == Py_True;
-        Py_DECREF(cancelled);
-        if (!was_cancelled) {
-            PyObject *exc = PyObject_CallMethodNoArgs(child, st->str_exception);
-            if (exc == NULL) {
-                return NULL;
-            }
-            int failed = exc != Py_None;
-            Py_DECREF(exc);
-            if (failed) {
-                self->failing = 1;
-                if (group_cancel_children(st, self) < 0) {
-                    return NULL;
-                }
-            }
-        }
-    }
-    if (self->remaining == 0 && self->wait.fut != NULL) {
-        PyObject *waiter = Py_NewRef(self->wait.fut);
-        PyObject *done = PyObject_CallMethodNoArgs(waiter, st->str_done);
-        PyObject *res = done == Py_False
-                            ? PyObject_CallMethodOneArg(waiter, st->str_set_result, Py_None)
-                            : Py_XNewRef(done);
-        Py_XDECREF(done);
-        Py_DECREF(waiter);
-        if (res == NULL) {
-            return NULL;
-        }
-        Py_DECREF(res);
-    }
-    Py_RETURN_NONE;
-}
-
-static PyMethodDef group_child_done_def = {
-    "_child_done", group_child_done, METH_O, "Done callback of a child task (internal).",
-};
-
-/* Returns a new reference to BaseExceptionGroup (the exceptiongroup backport
-   before 3.11), or NULL with an exception set. */
-static PyObject *
-base_exception_group(bg_state *st)
-{
-    if (st->base_exception_group == NULL) {
-#if PY_VERSION_HEX >= 0x030B0000
-        st->base_exception_group = Py_NewRef(PyExc_BaseExceptionGroup);
-#else
-        PyObject *mod = PyImport_ImportModule("exceptiongroup");
-        if (mod == NULL) {
-            return NULL;
-        }
-        st->base_exception_group = PyObject_GetAttrString(mod, "BaseExceptionGroup");
-        Py_DECREF(mod);
-        if (st->base_exception_group == NULL) {
-            return NULL;
-        }
-#endif
-    }
-    return Py_NewRef(st->base_exception_group);
-}
-
-/* Every child is done: the group returns None, or raises the children's
-   failures as one exception group, or re-raises what was thrown in. */
-static PySendResult
-group_finish(bg_state *st, GroupObject *self, PyObject **result)
-{
-    PyObject *errors = NULL, *group_type = NULL, *group = NULL;
-    self->state = GROUP_DONE;
-    Py_CLEAR(self->wait.fut);
-    errors = PyList_New(0);
-    if (errors == NULL) {
-        goto error;
-    }
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(self->children); i++) {
-        PyObject *child = PyList_GET_ITEM(self->children, i);
-        PyObject *cancelled = PyObject_CallMethodNoArgs(child, st->str_cancelled);
-        if (cancelled == NULL) {
-            goto error;
-        }
-        int was_cancelled = cancelled == Py_True;
-        Py_DECREF(cancelled);
-        if (was_cancelled) {
-            continue;
-        }
-        PyObject *exc = PyObject_CallMethodNoArgs(child, st->str_exception);
-        if (exc == NULL) {
-            goto error;
-        }
-        int r = exc == Py_None ? 0 : PyList_Append(errors, exc);
-        Py_DECREF(exc);
-        if (r < 0) {
-            goto error;
-        }
-    }
-    Py_CLEAR(self->children);
-    if (PyList_GET_SIZE(errors) > 0) {
-        group_type = base_exception_group(st);
-        if (group_type == NULL) {
-            goto error;
-        }
-        group = PyObject_CallFunction(group_type, "sO", "unhandled errors in a Tasks group", errors);
-        if (group == NULL) {
-            goto error;
-        }
-        bg_raise(group);
-        goto error;
-    }
-    Py_DECREF(errors);
-    if (self->thrown != NULL) {
-        PyObject *thrown = self->thrown;
-        self->thrown = NULL;
-        bg_raise(thrown);
-        Py_DECREF(thrown);
-        return PYGEN_ERROR;
-    }
-    *result = Py_NewRef(Py_None);
-    return PYGEN_RETURN;
-
-error:
-    Py_XDECREF(errors);
-    Py_XDECREF(group_type);
-    Py_XDECREF(group);
-    Py_CLEAR(self->children);
-    Py_CLEAR(self->thrown);
-    return PYGEN_ERROR;
-}
-
-/* Starts every entry as a child task and yields the waiter. */
-static PySendResult
-group_start(bg_state *st, GroupObject *self, PyObject **result)
-{
-    PyObject *on_done = NULL, *tasks = NULL;
-    self->state = GROUP_DONE;   /* whatever fails below ends the run */
-    tasks = PySequence_List(self->tasks);   /* a snapshot: the entries start now */
-    if (tasks == NULL || check_entries(st, tasks) < 0) {
-        goto error;
-    }
-    if (PyList_GET_SIZE(tasks) == 0) {
-        Py_DECREF(tasks);
-        *result = Py_NewRef(Py_None);
-        return PYGEN_RETURN;
-    }
-    self->loop = PyObject_CallNoArgs(st->get_running_loop);
-    if (self->loop == NULL) {
-        goto error;
-    }
-    self->children = PyList_New(0);
-    on_done = PyCFunction_New(&group_child_done_def, (PyObject *)self);
-    if (self->children == NULL || on_done == NULL) {
-        goto error;
-    }
-    self->state = GROUP_WAITING;
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(tasks); i++) {
-        PyObject *aw = task_entry_call(st, PyList_GET_ITEM(tasks, i));
-        if (aw == NULL) {
-            goto fail_started;
-        }
-        PyObject *child = PyObject_CallOneArg(st->ensure_future, aw);
-        Py_DECREF(aw);
-        if (child == NULL) {
-            goto fail_started;
-        }
-        int r = PyList_Append(self->children, child);
-        PyObject *res = r < 0 ? NULL
-                              : PyObject_CallMethodOneArg(child, st->str_add_done_callback, on_done);
-        Py_DECREF(child);
-        if (res == NULL) {
-            goto fail_started;
-        }
-        Py_DECREF(res);
-        self->remaining++;
-    }
-    Py_CLEAR(on_done);
-    Py_CLEAR(tasks);
-    if (group_wait(st, self, result) == PYGEN_ERROR) {
-        goto fail_started;
-    }
-    return PYGEN_NEXT;
-
-fail_started:
-    /* Children already started are cancelled; they end on their own. */
-    self->state = GROUP_DONE;
-    {
-        PyObject *exc = bg_fetch_exception();
-        if (group_cancel_children(st, self) < 0) {
-            PyErr_WriteUnraisable((PyObject *)self);
-        }
-        bg_raise(exc);
-        Py_DECREF(exc);
-    }
-error:
-    self->state = GROUP_DONE;
-    Py_XDECREF(on_done);
-    Py_XDECREF(tasks);
-    Py_CLEAR(self->children);
-    return PYGEN_ERROR;
-}
-
-static PySendResult group_throw(PyObject *op, PyObject *exc, PyObject **result);
-
-static PySendResult
-group_send(PyObject *op, PyObject *value, PyObject **result)
-{
-    GroupObject *self = (GroupObject *)op;
-    bg_state *st = coro_state(op);
-    switch (self->state) {
-    case GROUP_INIT:
-        if (value != Py_None) {
-            PyErr_SetString(PyExc_TypeError, "can't send non-None value to a just-started coroutine");
-            return PYGEN_ERROR;
-        }
-        return group_start(st, self, result);
-    case GROUP_WAITING: {
-        PySendResult status = bg_wait_resume(st, &self->wait, result);
-        if (status == PYGEN_RETURN) {
-            Py_DECREF(*result);   /* None: the last child is done */
-            *result = NULL;
-            return group_finish(st, self, result);
-        }
-        if (status == PYGEN_ERROR && self->wait.fut == NULL) {
-            /* The future itself failed (cancelled under us): as if thrown in. */
-            PyObject *exc = bg_fetch_exception();
-            status = group_throw(op, exc, result);
-            Py_DECREF(exc);
-        }
-        return status;
-    }
-    default:
-        PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited Tasks run");
-        return PYGEN_ERROR;
-    }
-}
-
-static PySendResult
-group_throw(PyObject *op, PyObject *exc, PyObject **result)
-{
-    GroupObject *self = (GroupObject *)op;
-    bg_state *st = coro_state(op);
-    if (self->state != GROUP_WAITING) {
-        self->state = GROUP_DONE;
-        bg_raise(exc);
-        return PYGEN_ERROR;
-    }
-    /* Cancelled (or anything else thrown in): the children are cancelled and
-       waited for, then it is raised. */
-    if (self->thrown == NULL) {
-        self->thrown = Py_NewRef(exc);
-    }
-    if (group_cancel_children(st, self) < 0) {
-        return PYGEN_ERROR;
-    }
-    if (bg_wait_cancel(st, &self->wait) < 0) {
-        return PYGEN_ERROR;
-    }
-    if (self->remaining == 0) {
-        return group_finish(st, self, result);
-    }
-    return group_wait(st, self, result);
-}
-
-static int
-group_close(PyObject *op)
-{
-    GroupObject *self = (GroupObject *)op;
-    int r = 0;
-    if (self->state == GROUP_WAITING) {
-        r = group_cancel_children(coro_state(op), self);
-    }
-    self->state = GROUP_DONE;
-    if (bg_wait_cancel(coro_state(op), &self->wait) < 0) {
-        r = -1;
-    }
-    return r;
-}
-
-static const bg_coro_ops group_ops = {group_send, group_throw, group_close};
-
-static int
-group_traverse(GroupObject *self, visitproc visit, void *arg)
-{
-    Py_VISIT(Py_TYPE(self));
-    Py_VISIT(self->tasks);
-    Py_VISIT(self->loop);
-    Py_VISIT(self->children);
-    Py_VISIT(self->wait.fut);
-    Py_VISIT(self->thrown);
-    return 0;
-}
-
-static int
-group_clear(GroupObject *self)
-{
-    Py_CLEAR(self->tasks);
-    Py_CLEAR(self->loop);
-    Py_CLEAR(self->children);
-    Py_CLEAR(self->wait.fut);
-    Py_CLEAR(self->thrown);
-    return 0;
-}
-
-static PyType_Slot group_slots[] = {
-    BG_CORO_SLOTS,
-    {Py_tp_traverse, group_traverse},
-    {Py_tp_clear, group_clear},
-    {Py_tp_dealloc, bg_gc_dealloc},
-    {Py_tp_doc, "A run of a Tasks as a group: every entry at once."},
-    {0, NULL},
-};
-
-static PyType_Spec group_spec = {
-    .name = "backgrounder.TasksGroupRun",
-    .basicsize = sizeof(GroupObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION
-             | Py_TPFLAGS_IMMUTABLETYPE,
-    .slots = group_slots,
-};
-
-static PyObject *
-group_new(bg_state *st, TasksObject *tasks)
-{
-    GroupObject *self = PyObject_GC_New(GroupObject, st->group_type);
-    if (self == NULL) {
-        return NULL;
-    }
-    bg_coro_init((PyObject *)self, &group_ops);
-    self->tasks = Py_NewRef(tasks->tasks);
-    self->loop = self->children = self->thrown = NULL;
-    self->wait.fut = NULL;
-    self->remaining = 0;
-    self->failing = 0;
-    self->state = GROUP_INIT;
-    PyObject_GC_Track(self);
-    return (PyObject *)self;
-}
-
 /* ---- Tasks ----------------------------------------------------------------- */
 
 static int
-tasks_init(TasksObject *self, PyObject *args, PyObject *kwargs)
+tasks_init(PyObject *op, PyObject *args, PyObject *kwargs)
 {
+    TasksObject *self = (TasksObject *)op;
     static char *kwlist[] = {"tasks", "as_group", NULL};
     PyObject *tasks = Py_None;
     int as_group = 0;
@@ -648,7 +235,7 @@ tasks_init(TasksObject *self, PyObject *args, PyObject *kwargs)
         }
         return -1;
     }
-    if (check_entries(st, list) < 0) {
+    if (task_check_entries(st, list) < 0) {
         Py_DECREF(list);
         return -1;
     }
@@ -671,12 +258,13 @@ tasks_run(TasksObject *self, int as_group)
     if (check_nesting(st, (PyObject *)self) < 0) {
         return NULL;
     }
-    return as_group ? group_new(st, self) : seq_new(st, self);
+    return as_group ? group_new(st, self->tasks) : seq_new(st, self);
 }
 
 static PyObject *
-tasks_call(TasksObject *self, PyObject *args, PyObject *kwargs)
+tasks_call(PyObject *op, PyObject *args, PyObject *kwargs)
 {
+    TasksObject *self = (TasksObject *)op;
     if (PyTuple_GET_SIZE(args) || (kwargs && PyDict_GET_SIZE(kwargs))) {
         PyErr_SetString(PyExc_TypeError, "a Tasks is called with no arguments: tasks()");
         return NULL;
@@ -685,20 +273,23 @@ tasks_call(TasksObject *self, PyObject *args, PyObject *kwargs)
 }
 
 static PyObject *
-tasks_run_single(TasksObject *self, PyObject *Py_UNUSED(ignored))
+tasks_run_single(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
+    TasksObject *self = (TasksObject *)op;
     return tasks_run(self, 0);
 }
 
 static PyObject *
-tasks_run_as_group(TasksObject *self, PyObject *Py_UNUSED(ignored))
+tasks_run_as_group(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
+    TasksObject *self = (TasksObject *)op;
     return tasks_run(self, 1);
 }
 
 static PyObject *
-tasks_add_task(TasksObject *self, PyObject *args, PyObject *kwargs)
+tasks_add_task(PyObject *op, PyObject *args, PyObject *kwargs)
 {
+    TasksObject *self = (TasksObject *)op;
     bg_state *st = get_state_by_type(Py_TYPE(self));
     if (st == NULL) {
         return NULL;
@@ -720,8 +311,9 @@ tasks_add_task(TasksObject *self, PyObject *args, PyObject *kwargs)
 }
 
 static PyObject *
-tasks_get_tasks(TasksObject *self, void *Py_UNUSED(closure))
+tasks_get_tasks(PyObject *op, void *Py_UNUSED(closure))
 {
+    TasksObject *self = (TasksObject *)op;
     if (self->tasks == NULL) {
         PyErr_SetString(PyExc_AttributeError, "tasks");
         return NULL;
@@ -730,8 +322,9 @@ tasks_get_tasks(TasksObject *self, void *Py_UNUSED(closure))
 }
 
 static int
-tasks_set_tasks(TasksObject *self, PyObject *value, void *Py_UNUSED(closure))
+tasks_set_tasks(PyObject *op, PyObject *value, void *Py_UNUSED(closure))
 {
+    TasksObject *self = (TasksObject *)op;
     bg_state *st = get_state_by_type(Py_TYPE(self));
     if (st == NULL) {
         return -1;
@@ -740,7 +333,7 @@ tasks_set_tasks(TasksObject *self, PyObject *value, void *Py_UNUSED(closure))
         PyErr_Format(PyExc_TypeError, "Tasks.tasks must be a list, not %R", value ? value : Py_None);
         return -1;
     }
-    if (check_entries(st, value) < 0) {
+    if (task_check_entries(st, value) < 0) {
         return -1;
     }
     Py_XSETREF(self->tasks, Py_NewRef(value));
@@ -748,14 +341,16 @@ tasks_set_tasks(TasksObject *self, PyObject *value, void *Py_UNUSED(closure))
 }
 
 static PyObject *
-tasks_get_as_group(TasksObject *self, void *Py_UNUSED(closure))
+tasks_get_as_group(PyObject *op, void *Py_UNUSED(closure))
 {
+    TasksObject *self = (TasksObject *)op;
     return PyBool_FromLong(self->as_group);
 }
 
 static int
-tasks_set_as_group(TasksObject *self, PyObject *value, void *Py_UNUSED(closure))
+tasks_set_as_group(PyObject *op, PyObject *value, void *Py_UNUSED(closure))
 {
+    TasksObject *self = (TasksObject *)op;
     int truth = value ? PyObject_IsTrue(value) : 0;
     if (truth < 0) {
         return -1;
@@ -765,8 +360,8 @@ tasks_set_as_group(TasksObject *self, PyObject *value, void *Py_UNUSED(closure))
 }
 
 static PyGetSetDef tasks_getset[] = {
-    {"tasks", (getter)tasks_get_tasks, (setter)tasks_set_tasks, "The entries to run (a list).", NULL},
-    {"as_group", (getter)tasks_get_as_group, (setter)tasks_set_as_group,
+    {"tasks", tasks_get_tasks, tasks_set_tasks, "The entries to run (a list).", NULL},
+    {"as_group", tasks_get_as_group, tasks_set_as_group,
      "Run every entry at once (True) or one after another (False).", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
@@ -774,18 +369,19 @@ static PyGetSetDef tasks_getset[] = {
 static PyMethodDef tasks_methods[] = {
     {"add_task", (PyCFunction)(void (*)(void))tasks_add_task, METH_VARARGS | METH_KEYWORDS,
      "add_task($self, func, /, *args, **kwargs)\n--\n\nAppends Task(func, *args, **kwargs)."},
-    {"run_single", (PyCFunction)tasks_run_single, METH_NOARGS,
+    {"run_single", tasks_run_single, METH_NOARGS,
      "run_single($self, /)\n--\n\nAn awaitable that runs the entries one after another; "
      "the first failure stops the rest."},
-    {"run_as_group", (PyCFunction)tasks_run_as_group, METH_NOARGS,
+    {"run_as_group", tasks_run_as_group, METH_NOARGS,
      "run_as_group($self, /)\n--\n\nAn awaitable that runs every entry at once; at the first "
      "failure the others are cancelled and the failures raised as an ExceptionGroup."},
     {NULL, NULL, 0, NULL},
 };
 
 static PyObject *
-tasks_repr(TasksObject *self)
+tasks_repr(PyObject *op)
 {
+    TasksObject *self = (TasksObject *)op;
     PyObject *name = bg_type_name(Py_TYPE(self));
     if (name == NULL) {
         return NULL;
@@ -798,8 +394,9 @@ tasks_repr(TasksObject *self)
 }
 
 static int
-tasks_traverse(TasksObject *self, visitproc visit, void *arg)
+tasks_traverse(PyObject *op, visitproc visit, void *arg)
 {
+    TasksObject *self = (TasksObject *)op;
     Py_VISIT(Py_TYPE(self));
     Py_VISIT(self->base.func);
     Py_VISIT(self->base.args);
@@ -809,8 +406,9 @@ tasks_traverse(TasksObject *self, visitproc visit, void *arg)
 }
 
 static int
-tasks_clear(TasksObject *self)
+tasks_clear(PyObject *op)
 {
+    TasksObject *self = (TasksObject *)op;
     Py_CLEAR(self->base.func);
     Py_CLEAR(self->base.args);
     Py_CLEAR(self->base.kwargs);
@@ -819,11 +417,12 @@ tasks_clear(TasksObject *self)
 }
 
 static void
-tasks_dealloc(TasksObject *self)
+tasks_dealloc(PyObject *op)
 {
+    TasksObject *self = (TasksObject *)op;
     PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
-    tasks_clear(self);
+    tasks_clear(op);
     tp->tp_free(self);
     Py_DECREF(tp);
 }
@@ -865,9 +464,5 @@ tasks_init_types(PyObject *module, bg_state *st)
     if (st->seq_type == NULL) {
         return -1;
     }
-    st->group_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &group_spec, NULL);
-    if (st->group_type == NULL) {
-        return -1;
-    }
-    return 0;
+    return group_init_types(module, st);
 }

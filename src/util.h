@@ -53,6 +53,7 @@ typedef struct {
     PyObject *loop_module;         /* backgrounder._loop, on first need */
 
     PyObject *on_error;            /* configure(on_error=...), or NULL */
+    int abandoned;                 /* Ctrl-C at exit gave up on the work left */
 
     /* Interned names. */
     PyObject *str_create_future;

@@ -420,6 +420,87 @@ def test_repeated_ctrl_c_during_the_exit_wait_exits_without_crash():
     assert "not interrupted" not in out, why
 
 
+EXIT_WAIT_SCRIPT = """
+import logging, sys, threading, time
+import backgrounder
+
+if sys.argv[1] == "logging":
+    logging.basicConfig(format="%(levelname)s %(name)s %(message)s")
+
+release = threading.Event()
+
+@backgrounder.background
+def slow_report():
+    release.wait(60)
+
+@backgrounder.background
+def quick():
+    pass
+
+slow_report()
+quick().result(10)
+print("main done", flush=True)
+"""
+
+
+def run_until_exit_wait(source: str, *args: str):
+    """Starts `source`; once stderr says the exit waits for background calls,
+    sends one SIGINT.  Returns the process, its stdout and stderr, and how
+    long it took from the signal to the end."""
+    proc = subprocess.Popen(
+        [sys.executable, "-X", "faulthandler", "-c", textwrap.dedent(source), *args],
+        cwd=SCRIPTS,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        first = proc.stderr.readline()   # the exit drain's line comes first
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        out, err = proc.communicate(timeout=TIMEOUT)
+        return proc, out, first + err, time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+@pytest.mark.parametrize("logging_set_up", ["logging", "no-logging"])
+def test_exit_wait_says_what_it_waits_for_and_ctrl_c_abandons_it_in_one_line(logging_set_up):
+    proc, out, err, took = run_until_exit_wait(EXIT_WAIT_SCRIPT, logging_set_up)
+    why = describe(proc, out, err)
+    assert "main done" in out, why
+    lines = [line for line in err.splitlines() if line.strip()]
+    sep = " " if logging_set_up == "logging" else ":"
+    assert lines[0] == (
+        f"WARNING{sep}backgrounder{sep}Waiting for 1 background call to complete. "
+        "(CTRL+C again to abandon it)"
+    ), why
+    assert lines[1] == f"WARNING{sep}backgrounder{sep}Abandoned 1 background call: __main__.slow_report", why
+    assert len(lines) == 2, why   # no traceback, nothing ignored
+    assert proc.returncode not in CRASH_CODES, why
+    assert took < WAIT, why
+
+
+def test_exit_wait_is_silent_when_nothing_is_left():
+    proc = python(
+        """
+        import backgrounder
+
+        @backgrounder.background
+        def quick():
+            return 1
+
+        quick().result(10)
+        """
+    )
+    assert_clean_exit(proc)
+    assert proc.stderr == "", describe(proc, proc.stdout, proc.stderr)
+
+
 # ---- shutdown() -------------------------------------------------------------
 
 

@@ -94,10 +94,17 @@ def test_sending_into_a_call_before_it_is_settled_raises_a_real_exception():
 
     async def main():
         call = Task(release.wait, 5)()
-        call.send(None)   # submitted; its future is not settled yet
-        with pytest.raises(asyncio.InvalidStateError):
+        fut = call.send(None)   # submitted; its future is not settled yet
+        # As asyncio's own Future.__await__: a resume that did not come from
+        # the future raises, and leaves the future and the call alone.
+        with pytest.raises(RuntimeError, match="await wasn't used with future"):
             call.send(None)
+        assert not fut.cancelled()
         release.set()
+        await asyncio.wait([fut])
+        with pytest.raises(StopIteration) as stop:
+            call.send(None)
+        assert stop.value.value is True
 
     asyncio.run(main())
     assert backgrounder.wait_idle(5)

@@ -1,0 +1,101 @@
+"""Awaiting backgrounder's work under trio (anyio's trio backend, hypercorn).
+
+The engine's awaitables wait on asyncio futures.  When no asyncio loop runs
+and trio is imported, the engine hands the rest of an await to one of the
+functions below instead (src/coro.c, bg_coro_go_foreign): sync work still
+runs on the native pool, and its completion comes back to the trio run
+through its token.  This module is imported only then, so backgrounder never
+imports trio itself.
+
+Each function checks, before it returns a coroutine, that it is called from
+inside a trio run; if not it raises LookupError, and the engine raises
+asyncio's own "no running event loop" instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Coroutine
+from typing import Any
+
+import outcome
+import trio
+
+from ._backgrounder import BackgroundHandle, Task, _run_in_pool
+
+
+def _token() -> trio.lowlevel.TrioToken:
+    try:
+        return trio.lowlevel.current_trio_token()
+    except RuntimeError:
+        raise LookupError("no trio run in this thread") from None
+
+
+async def _wait(handle: BackgroundHandle[Any], token: trio.lowlevel.TrioToken, cancel: bool) -> Any:
+    """Waits for `handle` in the current trio task.  Cancelled while waiting:
+    with `cancel`, a call not started yet never starts (trio's rule, as for
+    trio.to_thread.run_sync); a call already running is waited for, then the
+    cancellation is delivered.  Without `cancel`, the wait ends at once and
+    the call goes on."""
+    task = trio.lowlevel.current_task()
+    waiting = True
+
+    def wake() -> None:  # on the trio thread
+        nonlocal waiting
+        if waiting:
+            waiting = False
+            trio.lowlevel.reschedule(task, outcome.capture(handle.result, 0))
+
+    def done(_: BackgroundHandle[Any]) -> None:  # on whichever thread settled it
+        try:
+            token.run_sync_soon(wake)
+        except trio.RunFinishedError:
+            pass  # the run is over: nobody waits any more
+
+    def abort(_: Any) -> trio.lowlevel.Abort:
+        nonlocal waiting
+        if not cancel or handle.cancel():
+            waiting = False
+            return trio.lowlevel.Abort.SUCCEEDED
+        return trio.lowlevel.Abort.FAILED  # running: wake() comes when it ends
+
+    handle.add_done_callback(done)
+    return await trio.lowlevel.wait_task_rescheduled(abort)
+
+
+def call(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> Coroutine[Any, Any, Any]:
+    """The rest of `await Task(func, *args, **kwargs)()` for a sync func."""
+    token = _token()
+    # Submitted now, in the awaiting task's context (copied for the pool).
+    handle = _run_in_pool(func, args, kwargs)
+    return _wait(handle, token, cancel=True)
+
+
+def wait_handle(handle: BackgroundHandle[Any]) -> Coroutine[Any, Any, Any]:
+    """The rest of `await handle`: many may wait; a cancelled wait leaves the
+    call alone."""
+    token = _token()
+    if handle.done():
+        return _done(handle)
+    return _wait(handle, token, cancel=False)
+
+
+async def _done(handle: BackgroundHandle[Any]) -> Any:
+    await trio.lowlevel.checkpoint()
+    return handle.result(0)
+
+
+def group(entries: list[Any]) -> Coroutine[Any, Any, None]:
+    """The rest of a Tasks run as a group: every entry in a nursery; at the
+    first failure trio cancels the others, and the failures come out
+    together as an ExceptionGroup."""
+    _token()
+    return _group(entries)
+
+
+async def _group(entries: list[Any]) -> None:
+    async def run(entry: Any) -> None:
+        await (entry() if isinstance(entry, Task) else Task(entry)())
+
+    async with trio.open_nursery() as nursery:
+        for entry in entries:
+            nursery.start_soon(run, entry)

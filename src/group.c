@@ -1,0 +1,431 @@
+/* group.c: a run of a Tasks as a group (Tasks(as_group=True)(), run_as_group()).
+ *
+ * Starts every entry as an asyncio task, waits on one future that the last
+ * child to finish settles, cancels the others at the first failure, and
+ * raises the failures together as an ExceptionGroup, as a task group does.
+ */
+#include "group.h"
+
+static inline bg_state *
+coro_state(PyObject *self)
+{
+    return (bg_state *)PyType_GetModuleState(Py_TYPE(self));
+}
+
+enum { GROUP_INIT, GROUP_WAITING, GROUP_DONE };
+
+typedef struct {
+    bg_coro base;
+    PyObject *tasks;       /* strong: the list */
+    PyObject *loop;        /* strong, once started */
+    PyObject *children;    /* strong: list of asyncio tasks */
+    bg_wait wait;          /* on a future settled when the last child is done */
+    PyObject *thrown;      /* strong: what was thrown in (a cancellation), re-raised at the end */
+    Py_ssize_t remaining;  /* children not done yet */
+    int failing;           /* a child failed: the others were cancelled */
+    int state;
+} GroupObject;
+
+/* Cancels every child not done yet.  Returns 0 or -1. */
+static int
+group_cancel_children(bg_state *st, GroupObject *self)
+{
+    if (self->children == NULL) {
+        return 0;
+    }
+    PyObject *children = Py_NewRef(self->children);
+    int r = 0;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(children) && r == 0; i++) {
+        PyObject *res = PyObject_CallMethodNoArgs(PyList_GET_ITEM(children, i), st->str_cancel);
+        if (res == NULL) {
+            r = -1;
+        }
+        Py_XDECREF(res);
+    }
+    Py_DECREF(children);
+    return r;
+}
+
+/* Waits on a fresh future of the group's loop, settled when the last child
+   is done: PYGEN_NEXT with *result the future to yield, or PYGEN_ERROR. */
+static PySendResult
+group_wait(bg_state *st, GroupObject *self, PyObject **result)
+{
+    PyObject *fut = bg_new_future(st, self->loop);
+    if (fut == NULL) {
+        return PYGEN_ERROR;
+    }
+    PySendResult status = bg_wait_yield(st, &self->wait, fut, result);
+    Py_DECREF(fut);
+    return status;
+}
+
+/* A child's done callback (bound to the group). */
+static PyObject *
+group_child_done(PyObject *op, PyObject *child)
+{
+    GroupObject *self = (GroupObject *)op;
+    bg_state *st = coro_state(op);
+    self->remaining--;
+    if (self->state != GROUP_WAITING) {
+        Py_RETURN_NONE;
+    }
+    if (!self->failing) {
+        PyObject *cancelled = PyObject_CallMethodNoArgs(child, st->str_cancelled);
+        if (cancelled == NULL) {
+            return NULL;
+        }
+        int was_cancelled = cancelled == Py_True;
+        Py_DECREF(cancelled);
+        if (!was_cancelled) {
+            PyObject *exc = PyObject_CallMethodNoArgs(child, st->str_exception);
+            if (exc == NULL) {
+                return NULL;
+            }
+            int failed = exc != Py_None;
+            Py_DECREF(exc);
+            if (failed) {
+                self->failing = 1;
+                if (group_cancel_children(st, self) < 0) {
+                    return NULL;
+                }
+            }
+        }
+    }
+    if (self->remaining == 0 && self->wait.fut != NULL) {
+        PyObject *waiter = Py_NewRef(self->wait.fut);
+        PyObject *done = PyObject_CallMethodNoArgs(waiter, st->str_done);
+        PyObject *res = done == Py_False
+                            ? PyObject_CallMethodOneArg(waiter, st->str_set_result, Py_None)
+                            : Py_XNewRef(done);
+        Py_XDECREF(done);
+        Py_DECREF(waiter);
+        if (res == NULL) {
+            return NULL;
+        }
+        Py_DECREF(res);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef group_child_done_def = {
+    "_child_done", group_child_done, METH_O, "Done callback of a child task (internal).",
+};
+
+/* Returns a new reference to BaseExceptionGroup (the exceptiongroup backport
+   before 3.11), or NULL with an exception set. */
+static PyObject *
+base_exception_group(bg_state *st)
+{
+    if (st->base_exception_group == NULL) {
+#if PY_VERSION_HEX >= 0x030B0000
+        st->base_exception_group = Py_NewRef(PyExc_BaseExceptionGroup);
+#else
+        PyObject *mod = PyImport_ImportModule("exceptiongroup");
+        if (mod == NULL) {
+            return NULL;
+        }
+        st->base_exception_group = PyObject_GetAttrString(mod, "BaseExceptionGroup");
+        Py_DECREF(mod);
+        if (st->base_exception_group == NULL) {
+            return NULL;
+        }
+#endif
+    }
+    return Py_NewRef(st->base_exception_group);
+}
+
+/* Every child is done: the group returns None, or raises the children's
+   failures as one exception group, or re-raises what was thrown in. */
+static PySendResult
+group_finish(bg_state *st, GroupObject *self, PyObject **result)
+{
+    PyObject *errors = NULL, *group_type = NULL, *group = NULL;
+    self->state = GROUP_DONE;
+    Py_CLEAR(self->wait.fut);
+    errors = PyList_New(0);
+    if (errors == NULL) {
+        goto error;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(self->children); i++) {
+        PyObject *child = PyList_GET_ITEM(self->children, i);
+        PyObject *cancelled = PyObject_CallMethodNoArgs(child, st->str_cancelled);
+        if (cancelled == NULL) {
+            goto error;
+        }
+        int was_cancelled = cancelled == Py_True;
+        Py_DECREF(cancelled);
+        if (was_cancelled) {
+            continue;
+        }
+        PyObject *exc = PyObject_CallMethodNoArgs(child, st->str_exception);
+        if (exc == NULL) {
+            goto error;
+        }
+        int r = exc == Py_None ? 0 : PyList_Append(errors, exc);
+        Py_DECREF(exc);
+        if (r < 0) {
+            goto error;
+        }
+    }
+    Py_CLEAR(self->children);
+    if (PyList_GET_SIZE(errors) > 0) {
+        group_type = base_exception_group(st);
+        if (group_type == NULL) {
+            goto error;
+        }
+        group = PyObject_CallFunction(group_type, "sO", "unhandled errors in a Tasks group", errors);
+        if (group == NULL) {
+            goto error;
+        }
+        bg_raise(group);
+        goto error;
+    }
+    Py_DECREF(errors);
+    if (self->thrown != NULL) {
+        PyObject *thrown = self->thrown;
+        self->thrown = NULL;
+        bg_raise(thrown);
+        Py_DECREF(thrown);
+        return PYGEN_ERROR;
+    }
+    *result = Py_NewRef(Py_None);
+    return PYGEN_RETURN;
+
+error:
+    Py_XDECREF(errors);
+    Py_XDECREF(group_type);
+    Py_XDECREF(group);
+    Py_CLEAR(self->children);
+    Py_CLEAR(self->thrown);
+    return PYGEN_ERROR;
+}
+
+/* Starts every entry as a child task and yields the waiter. */
+static PySendResult
+group_start(bg_state *st, GroupObject *self, PyObject **result)
+{
+    PyObject *on_done = NULL, *tasks = NULL;
+    self->state = GROUP_DONE;   /* whatever fails below ends the run */
+    tasks = PySequence_List(self->tasks);   /* a snapshot: the entries start now */
+    if (tasks == NULL || task_check_entries(st, tasks) < 0) {
+        goto error;
+    }
+    if (PyList_GET_SIZE(tasks) == 0) {
+        Py_DECREF(tasks);
+        *result = Py_NewRef(Py_None);
+        return PYGEN_RETURN;
+    }
+    self->loop = PyObject_CallNoArgs(st->get_running_loop);
+    if (self->loop == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_RuntimeError)) {
+            /* No asyncio loop: a trio nursery, if trio runs (a foreign wait). */
+            PyObject *args = PyTuple_Pack(1, tasks);
+            if (args != NULL) {
+                PySendResult status = bg_coro_go_foreign((PyObject *)self, "group", args, result);
+                Py_DECREF(args);
+                Py_DECREF(tasks);
+                return status;
+            }
+        }
+        goto error;
+    }
+    self->children = PyList_New(0);
+    on_done = PyCFunction_New(&group_child_done_def, (PyObject *)self);
+    if (self->children == NULL || on_done == NULL) {
+        goto error;
+    }
+    self->state = GROUP_WAITING;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(tasks); i++) {
+        PyObject *aw = task_entry_call(st, PyList_GET_ITEM(tasks, i));
+        if (aw == NULL) {
+            goto fail_started;
+        }
+        PyObject *child = PyObject_CallOneArg(st->ensure_future, aw);
+        Py_DECREF(aw);
+        if (child == NULL) {
+            goto fail_started;
+        }
+        int r = PyList_Append(self->children, child);
+        PyObject *res = r < 0 ? NULL
+                              : PyObject_CallMethodOneArg(child, st->str_add_done_callback, on_done);
+        Py_DECREF(child);
+        if (res == NULL) {
+            goto fail_started;
+        }
+        Py_DECREF(res);
+        self->remaining++;
+    }
+    Py_CLEAR(on_done);
+    Py_CLEAR(tasks);
+    if (group_wait(st, self, result) == PYGEN_ERROR) {
+        goto fail_started;
+    }
+    return PYGEN_NEXT;
+
+fail_started:
+    /* Children already started are cancelled; they end on their own. */
+    self->state = GROUP_DONE;
+    {
+        PyObject *exc = bg_fetch_exception();
+        if (group_cancel_children(st, self) < 0) {
+            PyErr_WriteUnraisable((PyObject *)self);
+        }
+        bg_raise(exc);
+        Py_DECREF(exc);
+    }
+error:
+    self->state = GROUP_DONE;
+    Py_XDECREF(on_done);
+    Py_XDECREF(tasks);
+    Py_CLEAR(self->children);
+    return PYGEN_ERROR;
+}
+
+static PySendResult group_throw(PyObject *op, PyObject *exc, PyObject **result);
+
+static PySendResult
+group_send(PyObject *op, PyObject *value, PyObject **result)
+{
+    GroupObject *self = (GroupObject *)op;
+    bg_state *st = coro_state(op);
+    switch (self->state) {
+    case GROUP_INIT:
+        if (value != Py_None) {
+            PyErr_SetString(PyExc_TypeError, "can't send non-None value to a just-started coroutine");
+            return PYGEN_ERROR;
+        }
+        return group_start(st, self, result);
+    case GROUP_WAITING: {
+        PySendResult status = bg_wait_resume(st, &self->wait, result);
+        if (status == PYGEN_RETURN) {
+            Py_DECREF(*result);   /* None: the last child is done */
+            *result = NULL;
+            return group_finish(st, self, result);
+        }
+        if (status == PYGEN_ERROR && self->wait.fut == NULL) {
+            /* The future itself failed (cancelled under us): as if thrown in. */
+            PyObject *exc = bg_fetch_exception();
+            status = group_throw(op, exc, result);
+            Py_DECREF(exc);
+        }
+        return status;
+    }
+    default:
+        PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited Tasks run");
+        return PYGEN_ERROR;
+    }
+}
+
+static PySendResult
+group_throw(PyObject *op, PyObject *exc, PyObject **result)
+{
+    GroupObject *self = (GroupObject *)op;
+    bg_state *st = coro_state(op);
+    if (self->state != GROUP_WAITING) {
+        self->state = GROUP_DONE;
+        bg_raise(exc);
+        return PYGEN_ERROR;
+    }
+    /* Cancelled (or anything else thrown in): the children are cancelled and
+       waited for, then it is raised. */
+    if (self->thrown == NULL) {
+        self->thrown = Py_NewRef(exc);
+    }
+    if (group_cancel_children(st, self) < 0) {
+        return PYGEN_ERROR;
+    }
+    if (bg_wait_cancel(st, &self->wait) < 0) {
+        return PYGEN_ERROR;
+    }
+    if (self->remaining == 0) {
+        return group_finish(st, self, result);
+    }
+    return group_wait(st, self, result);
+}
+
+static int
+group_close(PyObject *op)
+{
+    GroupObject *self = (GroupObject *)op;
+    int r = 0;
+    if (self->state == GROUP_WAITING) {
+        r = group_cancel_children(coro_state(op), self);
+    }
+    self->state = GROUP_DONE;
+    if (bg_wait_cancel(coro_state(op), &self->wait) < 0) {
+        r = -1;
+    }
+    return r;
+}
+
+static const bg_coro_ops group_ops = {group_send, group_throw, group_close};
+
+static int
+group_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    GroupObject *self = (GroupObject *)op;
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->tasks);
+    Py_VISIT(self->loop);
+    Py_VISIT(self->children);
+    Py_VISIT(self->wait.fut);
+    Py_VISIT(self->thrown);
+    BG_CORO_VISIT(self);
+    return 0;
+}
+
+static int
+group_clear(PyObject *op)
+{
+    GroupObject *self = (GroupObject *)op;
+    Py_CLEAR(self->tasks);
+    Py_CLEAR(self->loop);
+    Py_CLEAR(self->children);
+    Py_CLEAR(self->wait.fut);
+    Py_CLEAR(self->thrown);
+    BG_CORO_CLEAR(self);
+    return 0;
+}
+
+static PyType_Slot group_slots[] = {
+    BG_CORO_SLOTS,
+    {Py_tp_traverse, group_traverse},
+    {Py_tp_clear, group_clear},
+    {Py_tp_dealloc, bg_gc_dealloc},
+    {Py_tp_doc, "A run of a Tasks as a group: every entry at once."},
+    {0, NULL},
+};
+
+static PyType_Spec group_spec = {
+    .name = "backgrounder.TasksGroupRun",
+    .basicsize = sizeof(GroupObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION
+             | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = group_slots,
+};
+
+PyObject *
+group_new(bg_state *st, PyObject *tasks)
+{
+    GroupObject *self = PyObject_GC_New(GroupObject, st->group_type);
+    if (self == NULL) {
+        return NULL;
+    }
+    bg_coro_init((PyObject *)self, &group_ops);
+    self->tasks = Py_NewRef(tasks);
+    self->loop = self->children = self->thrown = NULL;
+    self->wait.fut = NULL;
+    self->remaining = 0;
+    self->failing = 0;
+    self->state = GROUP_INIT;
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
+}
+
+int
+group_init_types(PyObject *module, bg_state *st)
+{
+    st->group_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &group_spec, NULL);
+    return st->group_type ? 0 : -1;
+}

@@ -1,0 +1,255 @@
+"""Every way into the engine, under trio through anyio, and under asyncio the same.
+
+Starlette, FastAPI, Lilya and Ravyn apps run under trio when served by
+hypercorn with trio (anyio's trio backend): sync work must still run on the
+native pool, completions come back through trio's token, and cancellation
+follows trio's rules (an unstarted sync call never starts).  Each test runs
+once per anyio backend (the `backend` fixture), so the two stay the same.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import anyio
+import pytest
+
+import backgrounder
+from backgrounder import Task, Tasks, background
+from backgrounder.concurrency import run_in_threadpool
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
+
+pytest.importorskip("trio")
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+def pool_thread(x: int) -> tuple[int, str]:
+    return x + 1, threading.current_thread().name
+
+
+def on_a_pool_thread(name: str) -> bool:
+    return name != threading.main_thread().name
+
+
+def test_await_task_of_a_sync_callable_runs_on_the_pool(backend):
+    async def main():
+        return await Task(pool_thread, 1)()
+
+    value, thread = anyio.run(main, backend=backend)
+    assert value == 2 and on_a_pool_thread(thread)
+
+
+def test_await_task_of_an_async_callable(backend):
+    async def double(x):
+        await anyio.sleep(0)
+        return 2 * x
+
+    async def main():
+        return await Task(double, 21)()
+
+    assert anyio.run(main, backend=backend) == 42
+
+
+def test_the_exception_of_a_sync_task_comes_out_at_the_await(backend):
+    def fail():
+        raise KeyError("boom")
+
+    async def main():
+        with pytest.raises(KeyError, match="boom"):
+            await Task(fail)()
+
+    anyio.run(main, backend=backend)
+
+
+def test_tasks_in_order_run_one_after_another(backend):
+    seen: list[str] = []
+
+    def sync(tag):
+        seen.append(tag)
+
+    async def asynchronous(tag):
+        await anyio.sleep(0)
+        seen.append(tag)
+
+    async def main():
+        await Tasks([Task(sync, "a"), Task(asynchronous, "b"), Task(sync, "c")])()
+
+    anyio.run(main, backend=backend)
+    assert seen == ["a", "b", "c"]
+
+
+def test_tasks_as_group_run_at_once_and_raise_failures_together(backend):
+    started = threading.Barrier(2, timeout=10)
+
+    def meet():
+        started.wait()   # both must run at the same time to get past this
+
+    def fail():
+        raise ValueError("in the group")
+
+    async def main():
+        await Tasks([Task(meet), Task(meet)], as_group=True)()
+        with pytest.raises(BaseExceptionGroup) as info:
+            await Tasks([Task(fail), Task(anyio.sleep, 5)], as_group=True)()
+        assert [type(e) for e in info.value.exceptions] == [ValueError]
+
+    anyio.run(main, backend=backend)
+
+
+def test_run_in_threadpool(backend):
+    async def main():
+        return await run_in_threadpool(pool_thread, 41)
+
+    value, thread = anyio.run(main, backend=backend)
+    assert value == 42 and on_a_pool_thread(thread)
+
+
+def test_await_handle_of_a_background_call_from_many_tasks(backend):
+    release = threading.Event()
+
+    @background
+    def slow():
+        release.wait(10)
+        return "done"
+
+    async def main():
+        handle = slow()
+        results = []
+
+        async def waiter():
+            results.append(await handle)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+                tg.start_soon(waiter)
+            await anyio.sleep(0.05)
+            release.set()
+        return results
+
+    assert anyio.run(main, backend=backend) == ["done"] * 3
+
+
+def test_a_cancelled_await_of_a_handle_leaves_the_call_running(backend):
+    release = threading.Event()
+
+    @background
+    def slow():
+        release.wait(10)
+        return "still ran"
+
+    async def main():
+        handle = slow()
+        with anyio.move_on_after(0.05):
+            await handle
+        assert not handle.done()
+        release.set()
+        return await handle
+
+    assert anyio.run(main, backend=backend) == "still ran"
+
+
+def test_start_soon_takes_a_task_call(backend):
+    done = threading.Event()
+
+    async def main():
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(Task(done.set))
+
+    anyio.run(main, backend=backend)
+    assert done.is_set()
+
+
+def test_a_sync_call_cancelled_before_it_starts_never_starts(backend):
+    backgrounder.configure(max_workers=1)
+    release = threading.Event()
+    ran: list[str] = []
+
+    def blocker():
+        release.wait(10)
+
+    def never():
+        ran.append("never")
+
+    async def main():
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(Task(blocker))       # takes the one worker
+            await anyio.sleep(0.05)
+            with anyio.move_on_after(0.05):
+                await Task(never)()            # queued behind it, then cancelled
+            release.set()
+
+    try:
+        anyio.run(main, backend=backend)
+        assert backgrounder.wait_idle(10)
+    finally:
+        backgrounder.configure(max_workers=40)
+    assert ran == []
+
+
+def test_a_sync_call_already_running_when_cancelled_follows_the_backends_rule(backend):
+    # asyncio: the awaiting task is cancelled at once, the call finishes on
+    # its thread and its result is dropped.  trio (as trio.to_thread.run_sync):
+    # the call is waited for, its result returned, and the cancellation is
+    # delivered at the next checkpoint.
+    finished = threading.Event()
+    returned = []
+
+    def work():
+        time.sleep(0.2)
+        finished.set()
+        return "result"
+
+    async def main():
+        with anyio.move_on_after(0.05) as scope:
+            returned.append(await Task(work)())
+            await anyio.sleep(0)   # a checkpoint
+        return scope.cancelled_caught, finished.is_set()
+
+    caught, finished_in_scope = anyio.run(main, backend=backend)
+    assert caught is True
+    if backend == "trio":
+        assert (finished_in_scope, returned) == (True, ["result"])
+    else:
+        assert (finished_in_scope, returned) == (False, [])
+        assert finished.wait(5)
+
+
+def test_trio_is_imported_only_when_the_running_loop_is_trios():
+    code = textwrap.dedent(
+        """
+        import asyncio, sys
+        import backgrounder
+        from backgrounder import Task, Tasks, background
+
+        async def main():
+            await Task(len, "abc")()
+            await Tasks([Task(len, "x")], as_group=True)()
+            await background(len)("ab")
+
+        asyncio.run(main())
+        assert "trio" not in sys.modules, "trio imported"
+        assert "backgrounder._trio" not in sys.modules
+        print("ok")
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_without_any_event_loop_the_error_is_asyncios():
+    # trio imported but not running: the same error as with no trio at all.
+    call = Task(len, "abc")()
+    with pytest.raises(RuntimeError, match="no running event loop"):
+        call.send(None)
