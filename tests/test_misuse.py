@@ -33,6 +33,9 @@ import backgrounder
 from backgrounder import Task, Tasks, background
 from backgrounder.concurrency import enforce_async_callable
 
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
+
 pytestmark = pytest.mark.timeout(30)
 
 WAIT = 5.0  # generous: turns a hang into a failure, times nothing
