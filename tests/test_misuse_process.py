@@ -285,12 +285,20 @@ def test_run_sync_racing_shutdown_returns_or_raises_runtime_error():
 # ---- at exit --------------------------------------------------------------------
 
 
-def test_background_work_at_exit_may_still_use_executors_and_to_thread():
+@pytest.mark.parametrize("first", ["backgrounder", "concurrent.futures"])
+def test_background_work_at_exit_may_still_use_executors_and_to_thread(first):
+    # Exit hooks run last registered first: importing concurrent.futures'
+    # executors after backgrounder is the order where they refuse work first.
+    imports = [
+        "from backgrounder import background",
+        "from concurrent.futures import ThreadPoolExecutor",
+    ]
+    if first != "backgrounder":
+        imports.reverse()
     proc = python(
         """
         import asyncio, os, time
-        from concurrent.futures import ThreadPoolExecutor
-        from backgrounder import background
+        IMPORTS
 
         def report(name, fn):
             try:
@@ -317,7 +325,7 @@ def test_background_work_at_exit_may_still_use_executors_and_to_thread():
             report("pool", pool)
 
         late()
-        """
+        """.replace("IMPORTS", "; ".join(imports))
     )
     why = describe(proc)
     assert_ok(proc)
