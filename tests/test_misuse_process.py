@@ -181,6 +181,54 @@ def test_wait_idle_inside_a_background_call_does_not_wait_for_itself():
     assert wall < 10, describe(proc)
 
 
+def test_wait_idle_on_the_engines_loop_does_not_wait_for_its_caller():
+    proc = python(
+        """
+        import time, backgrounder
+        from backgrounder import background
+
+        @background
+        async def on_the_engine_loop():  # called from sync code: the engine's loop
+            t = time.monotonic()
+            idle = backgrounder.wait_idle(timeout=0.5)
+            return idle, time.monotonic() - t
+
+        idle, elapsed = on_the_engine_loop().result(timeout=10)
+        print("idle", idle)
+        print("elapsed", round(elapsed, 3))
+        """,
+        timeout=20,
+    )
+    assert_ok(proc)
+    out = lines(proc)
+    assert out["idle"] == "True", describe(proc)
+    assert float(out["elapsed"]) < 0.4, describe(proc)
+
+
+def test_drain_on_the_engines_loop_does_not_wait_for_its_caller():
+    proc = python(
+        """
+        import time, backgrounder
+        from backgrounder import background
+
+        @background
+        async def on_the_engine_loop():
+            t = time.monotonic()
+            idle = await backgrounder.drain(timeout=1)
+            return idle, time.monotonic() - t
+
+        idle, elapsed = on_the_engine_loop().result(timeout=10)
+        print("idle", idle)
+        print("elapsed", round(elapsed, 3))
+        """,
+        timeout=20,
+    )
+    assert_ok(proc)
+    out = lines(proc)
+    assert out["idle"] == "True", describe(proc)
+    assert float(out["elapsed"]) < 0.5, describe(proc)
+
+
 def test_two_background_calls_that_shut_down_do_not_wait_for_each_other():
     proc = python(
         """

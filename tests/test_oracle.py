@@ -299,6 +299,8 @@ def test_a_call_looks_like_a_native_coroutine_awaiting_a_future(loop_kind, ops, 
         ["second_awaiter", "cancel_awaiters", "send_none"],
         ["send_none", "throw_cancelled", "send_none"],
         ["send_none", "close", "second_awaiter"],
+        ["close", "throw_value_error"],
+        ["send_none", "finish", "send_none", "throw_value_error"],
     ],
     ids=lambda ops: "-".join(ops) if isinstance(ops, list) else ops,
 )
