@@ -166,7 +166,7 @@ def test_wait_idle_inside_a_background_call_does_not_wait_for_itself():
         # The script ends with the sleeper still running: the exit drain
         # waits for it, and ends.
         """,
-        timeout=30,
+        timeout=15,
     )
     wall = time.monotonic() - started
     assert_ok(proc)
@@ -267,12 +267,12 @@ def test_shutdown_timeout_is_one_deadline_for_the_pool_and_the_engine_loop():
         @background
         def blocking_sync():
             running.wait(5)
-            time.sleep(3)
+            time.sleep(1.5)
 
         @background
         async def blocking_async():  # from sync code: runs on the engine's loop
             running.wait(5)
-            time.sleep(3)  # blocks that loop
+            time.sleep(1.5)  # blocks that loop
 
         blocking_sync()
         blocking_async()
