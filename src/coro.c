@@ -3,6 +3,16 @@
 
 #define CORO(self) ((bg_coro *)(self))
 
+PyObject *bg_coro_await(PyObject *self);
+PySendResult bg_coro_am_send(PyObject *self, PyObject *value, PyObject **result);
+
+static inline int
+is_bg_coro(PyObject *obj)
+{
+    return Py_TYPE(obj)->tp_as_async != NULL
+           && Py_TYPE(obj)->tp_as_async->am_send == bg_coro_am_send;
+}
+
 static PySendResult delegate_throw(bg_state *st, PyObject *iter, PyObject *exc, PyObject **result);
 static int delegate_close(bg_state *st, PyObject *iter);
 
@@ -20,6 +30,13 @@ foreign_answered(PyObject *self, PySendResult status)
         Py_CLEAR(CORO(self)->foreign);
     }
     return status;
+}
+
+PySendResult
+bg_coro_reused(void)
+{
+    PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited coroutine");
+    return PYGEN_ERROR;
 }
 
 /* Every send and throw into a bg_coro goes through these two: they keep
@@ -237,13 +254,6 @@ PyMethodDef bg_coro_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static inline int
-is_bg_coro(PyObject *obj)
-{
-    return Py_TYPE(obj)->tp_as_async != NULL
-           && Py_TYPE(obj)->tp_as_async->am_send == bg_coro_am_send;
-}
-
 #define RECURSION_WHERE " while awaiting a backgrounder awaitable"
 
 PySendResult
@@ -415,19 +425,33 @@ bg_wait_resume(bg_state *st, bg_wait *w, PyObject **result)
     /* Not done: resumed by someone else than the future (a second driver). */
     PyErr_Clear();
     PyObject *blocking = PyObject_GetAttr(fut, st->str_future_blocking);
-    if (blocking == NULL) {
-        return PYGEN_ERROR;
-    }
-    int is_blocking = PyObject_IsTrue(blocking);
-    Py_DECREF(blocking);
+    int is_blocking = blocking ? PyObject_IsTrue(blocking) : -1;
+    Py_XDECREF(blocking);
     if (is_blocking < 0) {
+        Py_CLEAR(w->fut);
         return PYGEN_ERROR;
     }
     if (!is_blocking) {
         return bg_wait_yield(st, w, fut, result);
     }
+    Py_CLEAR(w->fut);
     PyErr_SetString(PyExc_RuntimeError, "await wasn't used with future");
     return PYGEN_ERROR;
+}
+
+int
+bg_cancel_future(bg_state *st, PyObject *fut)
+{
+    PyObject *res = PyObject_CallMethodNoArgs(fut, st->str_cancel);
+    if (res == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_RuntimeError)) {
+            return -1;
+        }
+        PyErr_Clear();   /* "Event loop is closed" */
+        return 0;
+    }
+    Py_DECREF(res);
+    return 0;
 }
 
 int
@@ -437,11 +461,7 @@ bg_wait_cancel(bg_state *st, bg_wait *w)
     if (fut == NULL) {
         return 0;
     }
-    PyObject *res = PyObject_CallMethodNoArgs(fut, st->str_cancel);
+    int r = bg_cancel_future(st, fut);
     Py_DECREF(fut);
-    if (res == NULL) {
-        return -1;
-    }
-    Py_DECREF(res);
-    return 0;
+    return r;
 }

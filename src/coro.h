@@ -46,6 +46,10 @@ struct bg_coro_ops {
     int (*close)(PyObject *self);
 };
 
+/* Raises what a native coroutine raises when resumed after it finished.
+   Returns PYGEN_ERROR. */
+PySendResult bg_coro_reused(void);
+
 /* Fills in the header of a new bg_coro. */
 static inline void
 bg_coro_init(PyObject *self, const bg_coro_ops *ops)
@@ -111,9 +115,12 @@ PySendResult bg_wait_yield(bg_state *st, bg_wait *w, PyObject *fut, PyObject **r
 
 /* The awaiting side resumed.  Future done: stops waiting and returns its
    result (PYGEN_RETURN, *result a new reference) or raises its exception
-   (PYGEN_ERROR), CancelledError included.  Not done: yields it again
-   (PYGEN_NEXT) when it is not marked blocking, else RuntimeError
-   ("await wasn't used with future"), still waiting on it either way. */
+   (PYGEN_ERROR), CancelledError included.  Not done (a resume that did not
+   come from the future): yields it again (PYGEN_NEXT) when it is not marked
+   blocking; else stops waiting, leaving the future alone (not cancelled: the
+   work goes on, and whoever waits on the future still wakes), and raises
+   RuntimeError ("await wasn't used with future"), as a native coroutine
+   awaiting it would.  PYGEN_ERROR always leaves `w` not waiting. */
 PySendResult bg_wait_resume(bg_state *st, bg_wait *w, PyObject **result);
 
 /* Stops waiting: a new reference to the future, which the caller then
@@ -125,6 +132,11 @@ bg_wait_take(bg_wait *w)
     w->fut = NULL;
     return fut;
 }
+
+/* Cancels `fut` (borrowed).  A loop already closed (RuntimeError) cannot
+   run its callbacks: nothing is left to cancel, and that is no error.
+   Returns 0, or -1 with an exception set. */
+int bg_cancel_future(bg_state *st, PyObject *fut);
 
 /* Stops waiting and cancels the future if it is not done yet.  Returns 0,
    or -1 with an exception set. */

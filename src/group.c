@@ -19,7 +19,8 @@ typedef struct {
     PyObject *tasks;       /* strong: the list */
     PyObject *loop;        /* strong, once started */
     PyObject *children;    /* strong: list of asyncio tasks */
-    bg_wait wait;          /* on a future settled when the last child is done */
+    bg_wait wait;          /* on `waiter`, while the run awaits it */
+    PyObject *waiter;      /* strong: the future the last child to finish settles */
     PyObject *thrown;      /* strong: what was thrown in (a cancellation), re-raised at the end */
     Py_ssize_t remaining;  /* children not done yet */
     int failing;           /* a child failed: the others were cancelled */
@@ -55,9 +56,8 @@ group_wait(bg_state *st, GroupObject *self, PyObject **result)
     if (fut == NULL) {
         return PYGEN_ERROR;
     }
-    PySendResult status = bg_wait_yield(st, &self->wait, fut, result);
-    Py_DECREF(fut);
-    return status;
+    Py_XSETREF(self->waiter, fut);
+    return bg_wait_yield(st, &self->wait, fut, result);
 }
 
 /* A child's done callback (bound to the group). */
@@ -67,10 +67,7 @@ group_child_done(PyObject *op, PyObject *child)
     GroupObject *self = (GroupObject *)op;
     bg_state *st = coro_state(op);
     self->remaining--;
-    if (self->state != GROUP_WAITING) {
-        Py_RETURN_NONE;
-    }
-    if (!self->failing) {
+    if (self->state == GROUP_WAITING && !self->failing) {
         PyObject *cancelled = PyObject_CallMethodNoArgs(child, st->str_cancelled);
         if (cancelled == NULL) {
             return NULL;
@@ -92,8 +89,11 @@ group_child_done(PyObject *op, PyObject *child)
             }
         }
     }
-    if (self->remaining == 0 && self->wait.fut != NULL) {
-        PyObject *waiter = Py_NewRef(self->wait.fut);
+    if (self->remaining == 0 && self->waiter != NULL) {
+        /* Also when the run ended early (resumed early twice): whoever
+           waits on the future still wakes. */
+        PyObject *waiter = self->waiter;
+        self->waiter = NULL;
         PyObject *done = PyObject_CallMethodNoArgs(waiter, st->str_done);
         PyObject *res = done == Py_False
                             ? PyObject_CallMethodOneArg(waiter, st->str_set_result, Py_None)
@@ -303,11 +303,10 @@ group_send(PyObject *op, PyObject *value, PyObject **result)
             *result = NULL;
             return group_finish(st, self, result);
         }
-        if (status == PYGEN_ERROR && self->wait.fut == NULL) {
-            /* The future itself failed (cancelled under us): as if thrown in. */
-            PyObject *exc = bg_fetch_exception();
-            status = group_throw(op, exc, result);
-            Py_DECREF(exc);
+        if (status == PYGEN_ERROR) {
+            /* Resumed early twice, or its future failed under it: the run
+               ends, as a native coroutine's would; the children go on. */
+            self->state = GROUP_DONE;
         }
         return status;
     }
@@ -322,6 +321,9 @@ group_throw(PyObject *op, PyObject *exc, PyObject **result)
 {
     GroupObject *self = (GroupObject *)op;
     bg_state *st = coro_state(op);
+    if (self->state == GROUP_DONE) {
+        return bg_coro_reused();
+    }
     if (self->state != GROUP_WAITING) {
         self->state = GROUP_DONE;
         bg_raise(exc);
@@ -370,6 +372,7 @@ group_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(self->loop);
     Py_VISIT(self->children);
     Py_VISIT(self->wait.fut);
+    Py_VISIT(self->waiter);
     Py_VISIT(self->thrown);
     BG_CORO_VISIT(self);
     return 0;
@@ -383,6 +386,7 @@ group_clear(PyObject *op)
     Py_CLEAR(self->loop);
     Py_CLEAR(self->children);
     Py_CLEAR(self->wait.fut);
+    Py_CLEAR(self->waiter);
     Py_CLEAR(self->thrown);
     BG_CORO_CLEAR(self);
     return 0;
@@ -416,6 +420,7 @@ group_new(bg_state *st, PyObject *tasks)
     self->tasks = Py_NewRef(tasks);
     self->loop = self->children = self->thrown = NULL;
     self->wait.fut = NULL;
+    self->waiter = NULL;
     self->remaining = 0;
     self->failing = 0;
     self->state = GROUP_INIT;

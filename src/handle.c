@@ -506,19 +506,17 @@ wait_send(PyObject *op, PyObject *value, PyObject **result)
         }
         return wait_start(self, result);
     case WAIT_WAITING: {
-        bg_state *st = handle_state(self->handle);
-        PyObject *fut = Py_NewRef(self->wait.fut);
-        PySendResult status = bg_wait_resume(st, &self->wait, result);
+        PySendResult status = bg_wait_resume(handle_state(self->handle), &self->wait, result);
         if (status == PYGEN_RETURN) {
             Py_DECREF(*result);   /* None: a wake-up */
-            Py_DECREF(fut);
             return wait_outcome(self, result);
         }
-        if (status == PYGEN_ERROR && self->wait.fut == NULL) {
-            self->state = WAIT_DONE;   /* its future was cancelled under it */
-            wait_unlink(st, self->handle, fut);
+        if (status == PYGEN_ERROR) {
+            /* Resumed early twice, or its future was cancelled under it: the
+               wait ends; its waiter item stays, so that whoever waits on the
+               future still wakes when the call ends. */
+            self->state = WAIT_DONE;
         }
-        Py_DECREF(fut);
         return status;
     }
     default:
@@ -540,10 +538,9 @@ wait_abandon(WaitObject *self)
         return 0;
     }
     wait_unlink(st, self->handle, fut);
-    PyObject *res = PyObject_CallMethodNoArgs(fut, st->str_cancel);
+    int r = bg_cancel_future(st, fut);
     Py_DECREF(fut);
-    Py_XDECREF(res);
-    return res ? 0 : -1;
+    return r;
 }
 
 static PySendResult

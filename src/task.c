@@ -51,7 +51,8 @@ call_abandon(CallObject *self, PyObject *thrown)
     if (fut != NULL) {
         PyObject *res = PyObject_CallMethodNoArgs(fut, st->str_cancel);
         if (res == NULL) {
-            r = -1;
+            /* Its loop is closed ("Event loop is closed"): nothing to cancel. */
+            r = PyErr_ExceptionMatches(PyExc_RuntimeError) ? (PyErr_Clear(), 0) : -1;
         }
         else if (res == Py_False) {
             /* Already done: settled, or cancelled. */
@@ -175,8 +176,7 @@ call_send(PyObject *op, PyObject *value, PyObject **result)
         return status;
     }
     default:
-        PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited coroutine");
-        return PYGEN_ERROR;
+        return bg_coro_reused();
     }
 }
 
@@ -184,6 +184,9 @@ static PySendResult
 call_throw(PyObject *op, PyObject *exc, PyObject **result)
 {
     (void)result;
+    if (((CallObject *)op)->state == CALL_DONE) {
+        return bg_coro_reused();
+    }
     if (call_abandon((CallObject *)op, exc) < 0) {
         PyErr_WriteUnraisable(op);
     }

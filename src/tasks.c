@@ -131,6 +131,9 @@ static PySendResult
 seq_throw(PyObject *op, PyObject *exc, PyObject **result)
 {
     SeqObject *self = (SeqObject *)op;
+    if (self->done) {
+        return bg_coro_reused();
+    }
     if (self->sub == NULL) {
         self->done = 1;
         bg_raise(exc);
