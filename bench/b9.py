@@ -89,12 +89,12 @@ def http_get(port, path, timeout):
 class Server:
     """uvicorn serving b9_app.py for one system and work kind, in python."""
 
-    def __init__(self, python, system, work):
+    def __init__(self, python, system, work, env=None, prefix=()):
         self.port = free_port()
         self.errfile = tempfile.TemporaryFile(mode="w+")
-        env = dict(os.environ, B9_SYSTEM=system, B9_WORK=work)
+        env = dict(os.environ, **(env or {}), B9_SYSTEM=system, B9_WORK=work)
         env.pop("PYTHONPATH", None)
-        self.proc = subprocess.Popen([python, APP, str(self.port)], cwd=HERE, env=env,
+        self.proc = subprocess.Popen([*prefix, python, APP, str(self.port)], cwd=HERE, env=env,
                                      stdout=self.errfile, stderr=self.errfile)
 
     @property
@@ -128,15 +128,15 @@ class Server:
             raise RuntimeError(f"/count answered {status}: {body[:200]!r}")
         return json.loads(body)
 
-    def stop(self):
+    def stop(self, timeout=15):
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
             try:
-                self.proc.wait(15)
+                self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-                raise RuntimeError("server did not stop within 15 s of SIGINT")
+                raise RuntimeError(f"server did not stop within {timeout} s of SIGINT")
         self.errfile.close()
 
     def __enter__(self):

@@ -151,6 +151,8 @@ def main(argv):
     import uvicorn
 
     port = int(argv[0])
+    if os.environ.get("B9_SWITCH_INTERVAL"):  # bench/b9_profile.py --switch-interval
+        sys.setswitchinterval(float(os.environ["B9_SWITCH_INTERVAL"]))
     app = make_app()
     uvicorn.run(app, host="127.0.0.1", port=port, loop="uvloop", http="httptools",
                 lifespan="off", access_log=False, log_level="warning",
