@@ -148,6 +148,22 @@ class Server:
             self.proc.wait()
 
 
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid):
+    """{thread id: user+system CPU seconds} of a process, from /proc."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        out[int(tid)] = (int(fields[11]) + int(fields[12])) / TICK
+    return out
+
+
 def wrk(port, seconds, connections=CONNECTIONS, path="/"):
     """Runs wrk against the server; returns its JSON summary (b9_report.lua)."""
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s",
@@ -169,7 +185,10 @@ def measure(python, system, work, seconds):
         try:
             server.wait_ready()
             warm = wrk(server.port, WARM_SECONDS)
+            before = server.count()
+            cpu0 = cpu_seconds(server.pid)
             timed = wrk(server.port, seconds)
+            cpu1 = cpu_seconds(server.pid)
             count = server.count()
         except Exception as exc:
             raise RuntimeError(f"{exc}\n{server.stderr_tail()}") from None
@@ -189,6 +208,11 @@ def measure(python, system, work, seconds):
     if lost:
         problems.append(f"{lost} of {count['expected']} background calls never ran")
     seconds_measured = timed["duration_us"] / 1e6
+    # CPU the server spent per request it handled during the timed run: a
+    # figure that a loaded machine disturbs far less than req/s.
+    n = max(count["handled"] - before["handled"], 1)
+    loop_cpu = cpu1.get(server.pid, 0) - cpu0.get(server.pid, 0)
+    all_cpu = sum(cpu1.values()) - sum(v for t, v in cpu0.items() if t in cpu1)
     return {
         "system": system, "work": work,
         "rps": timed["requests"] / seconds_measured,
@@ -196,6 +220,7 @@ def measure(python, system, work, seconds):
         "p99_ms": timed["p99_us"] / 1000, "max_ms": timed["max_us"] / 1000,
         "requests": timed["requests"], "warm_requests": warm["requests"],
         "seconds": seconds_measured, "handled": count["handled"],
+        "loop_cpu_us": loop_cpu * 1e6 / n, "all_cpu_us": all_cpu * 1e6 / n,
         "expected": count["expected"], "ran": count["ran"], "lost": lost,
         "wrk_errors": errors, "stats": count.get("stats"),
         "backgrounder": count.get("backgrounder"), "problems": problems,
@@ -241,6 +266,8 @@ def medians(results):
             "rps": statistics.median(r["rps"] for r in rs),
             "p50_ms": statistics.median(r["p50_ms"] for r in rs),
             "p99_ms": statistics.median(r["p99_ms"] for r in rs),
+            "loop_cpu_us": statistics.median(r["loop_cpu_us"] for r in rs),
+            "all_cpu_us": statistics.median(r["all_cpu_us"] for r in rs),
             "ran": sum(r["ran"] for r in rs),
             "expected": sum(r["expected"] for r in rs),
             "lost": sum(r["lost"] for r in rs),
@@ -273,7 +300,7 @@ def judge(med, work):
 def render(med, systems, works, heading):
     lines = [heading, ""]
     head = (f"{'work':<5} {'system':<26} {'req/s':>8} {'vs nobg':>7} {'p50 ms':>7} "
-            f"{'p99 ms':>7} {'bg calls ran':>17} {'lost':>4}")
+            f"{'p99 ms':>7} {'loop CPU':>8} {'all CPU':>7} {'bg calls ran':>17} {'lost':>4}")
     lines += [head, "-" * len(head)]
     for work in works:
         nobg = med.get((work, "nobg"))
@@ -284,11 +311,14 @@ def render(med, systems, works, heading):
             ratio = f"{m['rps'] / nobg['rps']:.2f}x" if nobg else "-"
             ran = f"{m['ran']:,}/{m['expected']:,}" if m["expected"] else "-"
             lines.append(f"{work:<5} {LABELS[system]:<26} {m['rps']:>8,.0f} {ratio:>7} "
-                         f"{m['p50_ms']:>7.1f} {m['p99_ms']:>7.1f} {ran:>17} {m['lost']:>4}")
+                         f"{m['p50_ms']:>7.1f} {m['p99_ms']:>7.1f} {m['loop_cpu_us']:>8.0f} "
+                         f"{m['all_cpu_us']:>7.0f} {ran:>17} {m['lost']:>4}")
         for text, met in judge(med, work):
             lines.append(f"{'':<5} {'target (backgrounder Task)':<26} {text:<48} "
                          f"{'met' if met else 'NOT MET'}")
         lines.append("")
+    lines.append("loop CPU, all CPU: the server's CPU time per request handled during the "
+                 "timed run (µs; the loop thread, all threads)")
     return "\n".join(lines).rstrip() + "\n"
 
 
