@@ -152,15 +152,20 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid):
-    """{thread id: user+system CPU seconds} of a process, from /proc."""
+    """{thread id: (user s, system s, voluntary, involuntary context switches)}
+    of a process's threads, from /proc."""
     out = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
             with open(f"/proc/{pid}/task/{tid}/stat") as fh:
                 fields = fh.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{pid}/task/{tid}/status") as fh:
+                status = dict(line.split(":", 1) for line in fh if ":" in line)
         except OSError:  # the thread ended meanwhile
             continue
-        out[int(tid)] = (int(fields[11]) + int(fields[12])) / TICK
+        out[int(tid)] = (int(fields[11]) / TICK, int(fields[12]) / TICK,
+                         int(status["voluntary_ctxt_switches"]),
+                         int(status["nonvoluntary_ctxt_switches"]))
     return out
 
 
@@ -211,8 +216,11 @@ def measure(python, system, work, seconds):
     # CPU the server spent per request it handled during the timed run: a
     # figure that a loaded machine disturbs far less than req/s.
     n = max(count["handled"] - before["handled"], 1)
-    loop_cpu = cpu1.get(server.pid, 0) - cpu0.get(server.pid, 0)
-    all_cpu = sum(cpu1.values()) - sum(v for t, v in cpu0.items() if t in cpu1)
+    zero = (0, 0, 0, 0)
+    loop = [a - b for a, b in zip(cpu1.get(server.pid, zero), cpu0.get(server.pid, zero))]
+    loop_cpu = loop[0] + loop[1]
+    all_cpu = (sum(u + s for u, s, _, _ in cpu1.values())
+               - sum(u + s for t, (u, s, _, _) in cpu0.items() if t in cpu1))
     return {
         "system": system, "work": work,
         "rps": timed["requests"] / seconds_measured,
@@ -221,6 +229,8 @@ def measure(python, system, work, seconds):
         "requests": timed["requests"], "warm_requests": warm["requests"],
         "seconds": seconds_measured, "handled": count["handled"],
         "loop_cpu_us": loop_cpu * 1e6 / n, "all_cpu_us": all_cpu * 1e6 / n,
+        "loop_user_us": loop[0] * 1e6 / n, "loop_sys_us": loop[1] * 1e6 / n,
+        "loop_voluntary_switches": loop[2] / n, "loop_involuntary_switches": loop[3] / n,
         "expected": count["expected"], "ran": count["ran"], "lost": lost,
         "wrk_errors": errors, "stats": count.get("stats"),
         "backgrounder": count.get("backgrounder"), "problems": problems,

@@ -13,7 +13,8 @@ probes     uprobes (perf probe, root) on CPython's take_gil (entry and
            return) and drop_gil, and on _asyncio's future_init, task_step and
            task_wakeup. Per request, for the loop thread (the server's main
            thread) and for every other thread together: GIL acquisitions,
-           time spent waiting in take_gil, waits longer than 1 ms (a thread
+           time spent waiting in take_gil and holding the GIL (from
+           take_gil's return to the next drop_gil), waits longer than 1 ms (a thread
            that wanted the GIL while another held it: it waits up to the
            switch interval, then forces a drop); futures created, task steps
            and wake-ups by a future. The probes are removed afterwards.
@@ -144,7 +145,8 @@ def profile_probes(python, system, work, seconds, events, env):
                                 capture_output=True, text=True)
     counts = collections.Counter()
     waits = {"loop": [], "others": []}
-    entered = {}
+    holds = {"loop": [], "others": []}
+    entered, taken = {}, {}
     for line in script.stdout.splitlines():
         m = LINE.match(line)
         if not m:
@@ -154,9 +156,12 @@ def profile_probes(python, system, work, seconds, events, env):
         if name.startswith("take_gil__return"):
             if tid in entered:
                 waits[who].append(t - entered.pop(tid))
+            taken[tid] = t
             continue
         if name == "take_gil":
             entered[tid] = t
+        elif name == "drop_gil" and tid in taken:
+            holds[who].append(t - taken.pop(tid))
         counts[(who, name)] += 1
     n = max(d["handled"], 1)
     out = {"system": system, "work": work, "handled": d["handled"], "rps_under_probes":
@@ -168,6 +173,10 @@ def profile_probes(python, system, work, seconds, events, env):
         out[f"{who}.gil_wait_us/req"] = sum(w) * 1e6 / n
         out[f"{who}.gil_waits>1ms/req"] = sum(1 for x in w if x > 1e-3) / n
         out[f"{who}.gil_wait_max_ms"] = max(w) * 1e3 if w else 0.0
+        h = holds[who]
+        out[f"{who}.gil_hold_us/req"] = sum(h) * 1e6 / n
+        out[f"{who}.gil_holds>1ms/req"] = sum(1 for x in h if x > 1e-3) / n
+        out[f"{who}.gil_hold_max_ms"] = max(h) * 1e3 if h else 0.0
     out["stats/req"] = {k: v / n for k, v in d.get("stats", {}).items()}
     return out
 
