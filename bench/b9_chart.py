@@ -66,7 +66,8 @@ def draw(doc, path):
     meta = doc["meta"]
     fig.suptitle(f"B9: uvicorn + Starlette route with one background call, "
                  f"wrk -c{meta['connections']}, {meta['cpus']} cores, median of "
-                 f"{meta['repeats']} x {meta['seconds']} s", fontsize=9)
+                 f"{meta['repeats']} x {meta['seconds']} s, load average "
+                 f"{meta['loadavg'][1]:.1f} at the end", fontsize=9)
     fig.tight_layout()
     buf = io.StringIO()
     fig.savefig(buf, format="svg", metadata={"Date": None})
