@@ -105,7 +105,7 @@ class Server:
         self.errfile.seek(0)
         return "\n".join(self.errfile.read().strip().splitlines()[-lines:])
 
-    def wait_ready(self, timeout=60):
+    def wait_ready(self, timeout=120):
         deadline = time.monotonic() + timeout
         status = None
         while time.monotonic() < deadline:
