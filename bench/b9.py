@@ -233,6 +233,7 @@ def measure(python, system, work, seconds):
         "loop_voluntary_switches": loop[2] / n, "loop_involuntary_switches": loop[3] / n,
         "expected": count["expected"], "ran": count["ran"], "lost": lost,
         "wrk_errors": errors, "stats": count.get("stats"),
+        "backlog": count.get("backlog"), "drain_seconds": count.get("drain_seconds"),
         "backgrounder": count.get("backgrounder"), "problems": problems,
     }
 

@@ -65,10 +65,13 @@ def count_payload():
 
 
 async def wait_drained(timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while len(ran) < handled * PER_REQUEST[SYSTEM] and time.monotonic() < deadline:
+    t0 = time.monotonic()
+    backlog = handled * PER_REQUEST[SYSTEM] - len(ran)
+    while len(ran) < handled * PER_REQUEST[SYSTEM] and time.monotonic() < t0 + timeout:
         await asyncio.sleep(0.01)
-    return count_payload()
+    # how far the background work was behind when asked, and how long it
+    # took to catch up
+    return dict(count_payload(), backlog=backlog, drain_seconds=time.monotonic() - t0)
 
 
 def make_app():
