@@ -19,6 +19,8 @@ probes     uprobes (perf probe, root) on CPython's take_gil (entry and
            switch interval, then forces a drop); futures created, task steps
            and wake-ups by a future. The probes are removed afterwards.
 syscalls   perf trace -s: system calls per request by thread (loop / others).
+counters   perf stat --per-thread: instructions and cycles (user, kernel) per
+           request by thread, and the loop's instructions per cycle.
 callgrind  the server under valgrind --tool=callgrind --separate-threads=yes,
            instrumentation switched on after the warm-up: instructions per
            request on the loop thread and on the others. valgrind runs one
@@ -222,6 +224,43 @@ def profile_syscalls(python, system, work, seconds, env):
 
 
 # --------------------------------------------------------------------------
+# counters
+
+COUNTERS = ("instructions:u", "cycles:u", "instructions:k", "cycles:k")
+
+
+def profile_counters(python, system, work, seconds, env):
+    with tempfile.TemporaryDirectory() as tmp:
+        out_file = os.path.join(tmp, "stat.csv")
+        with b9.Server(python, system, work, env) as server:
+            cmd = ["perf", "stat", "--per-thread", "-x,", "-o", out_file,
+                   "-e", ",".join(COUNTERS), "-p", str(server.pid)]
+            d, res = watched(server, seconds, cmd)
+            server.stop()
+            pid = server.pid
+        with open(out_file) as fh:
+            text = fh.read()
+    per = collections.Counter()
+    for line in text.splitlines():
+        parts = line.split(",")
+        # comm-tid,value,unit,event,...
+        if len(parts) < 4 or "-" not in parts[0] or not parts[1].isdigit():
+            continue
+        tid = int(parts[0].rsplit("-", 1)[1])
+        per[("loop" if tid == pid else "others", parts[3])] += int(parts[1])
+    n = max(d["handled"], 1)
+    out = {"system": system, "work": work, "handled": d["handled"],
+           "rps_under_stat": res["requests"] / (res["duration_us"] / 1e6)}
+    for who in ("loop", "others"):
+        for ev in COUNTERS:
+            out[f"{who}.{ev}/req"] = per[(who, ev)] / n
+        cyc = per[(who, "cycles:u")]
+        out[f"{who}.ipc_user"] = per[(who, "instructions:u")] / cyc if cyc else 0.0
+    out["stats/req"] = {k: v / n for k, v in d.get("stats", {}).items()}
+    return out
+
+
+# --------------------------------------------------------------------------
 # callgrind
 
 def profile_callgrind(python, system, work, seconds, env, keep=None):
@@ -304,6 +343,8 @@ def main(argv=None):
                         r = profile_probes(py, system, work, args.seconds, events, env)
                     elif mode == "syscalls":
                         r = profile_syscalls(py, system, work, args.seconds, env)
+                    elif mode == "counters":
+                        r = profile_counters(py, system, work, args.seconds, env)
                     elif mode == "callgrind":
                         r = profile_callgrind(py, system, work, args.seconds, env, args.keep)
                     else:
