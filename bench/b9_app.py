@@ -51,10 +51,36 @@ def work_cpu():
 WORKS = {"io": work_io, "cpu": work_cpu}
 
 
+# B9_GC_STATS=1 (bench/b9_profile.py): collections per generation and the
+# time spent in them, from gc.callbacks.
+gc_counts = [0, 0, 0]
+gc_seconds = [0.0]
+_gc_started = [0.0]
+
+
+def _gc_callback(phase, info):
+    if phase == "start":
+        gc_counts[info["generation"]] += 1
+        _gc_started[0] = time.perf_counter()
+    else:
+        gc_seconds[0] += time.perf_counter() - _gc_started[0]
+
+
 def count_payload():
     out = {"system": SYSTEM, "work": WORK, "handled": handled,
            "per_request": PER_REQUEST[SYSTEM],
            "expected": handled * PER_REQUEST[SYSTEM], "ran": len(ran)}
+    if os.environ.get("B9_GC_SAVEALL"):
+        import collections
+        import gc
+        gc.collect()
+        kinds = collections.Counter(type(o).__qualname__ for o in gc.garbage)
+        out["gc_garbage"] = dict(kinds.most_common(25))
+        out["gc_garbage_total"] = len(gc.garbage)
+        gc.garbage.clear()
+    if os.environ.get("B9_GC_STATS"):
+        out["gc_collections"] = list(gc_counts)
+        out["gc_seconds"] = gc_seconds[0]
     bg = sys.modules.get("backgrounder")
     if bg is not None:
         out["backgrounder"] = getattr(bg, "__version__", "?")
@@ -156,7 +182,20 @@ def main(argv):
     port = int(argv[0])
     if os.environ.get("B9_SWITCH_INTERVAL"):  # bench/b9_profile.py --switch-interval
         sys.setswitchinterval(float(os.environ["B9_SWITCH_INTERVAL"]))
+    if os.environ.get("B9_GC_STATS"):
+        import gc
+        gc.callbacks.append(_gc_callback)
+    if os.environ.get("B9_GC_SAVEALL"):  # what the collector frees, by type
+        import gc
+        gc.set_debug(gc.DEBUG_SAVEALL)
+    if os.environ.get("B9_GC_THRESHOLD"):  # b9_profile.py --gc-threshold
+        import gc
+        gc.set_threshold(int(os.environ["B9_GC_THRESHOLD"]))
     app = make_app()
+    if os.environ.get("B9_GC_FREEZE"):  # b9_profile.py --gc-freeze
+        import gc
+        gc.collect()
+        gc.freeze()
     uvicorn.run(app, host="127.0.0.1", port=port, loop="uvloop", http="httptools",
                 lifespan="off", access_log=False, log_level="warning",
                 workers=None)

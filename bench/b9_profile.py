@@ -27,8 +27,12 @@ callgrind  the server under valgrind --tool=callgrind --separate-threads=yes,
            thread at a time, so the GIL waits there mean nothing; the
            instruction counts do. wrk uses 8 connections in this mode.
 
-Also the engine's stats() deltas (loop wake-ups, completions) where the
+Also, in every mode, the server's garbage collections per generation and
+the time they took (gc.callbacks), and the engine's stats() deltas (loop wake-ups, completions) where the
 server has backgrounder. Needs root (perf probe), perf, valgrind, wrk.
+--gc-threshold N and --gc-freeze change the server's garbage collector, to
+measure its share; B9_GC_SAVEALL=1 in a server's environment makes /count
+list what the collector freed, by type (cyclic garbage per request).
 """
 
 from __future__ import annotations
@@ -73,6 +77,10 @@ def asyncio_so(python):
 def deltas(before, after):
     out = {"handled": after["handled"] - before["handled"],
            "ran": after["ran"] - before["ran"]}
+    if "gc_collections" in after:
+        out["gc"] = {f"gen{g}": after["gc_collections"][g] - before["gc_collections"][g]
+                     for g in range(3)}
+        out["gc"]["seconds"] = after["gc_seconds"] - before["gc_seconds"]
     if "stats" in after and "stats" in before:
         out["stats"] = {k: after["stats"][k] - before["stats"].get(k, 0)
                         for k in ("wakeups", "completions", "submitted")
@@ -257,6 +265,9 @@ def profile_counters(python, system, work, seconds, env):
         cyc = per[(who, "cycles:u")]
         out[f"{who}.ipc_user"] = per[(who, "instructions:u")] / cyc if cyc else 0.0
     out["stats/req"] = {k: v / n for k, v in d.get("stats", {}).items()}
+    if "gc" in d:
+        out["gc/req"] = {k: v / n * (1e6 if k == "seconds" else 1)
+                         for k, v in d["gc"].items()}  # seconds -> us per request
     return out
 
 
@@ -310,6 +321,10 @@ def main(argv=None):
     ap.add_argument("--modes", default="probes,syscalls")
     ap.add_argument("--switch-interval", type=float,
                     help="sys.setswitchinterval in the server (default: Python's 5 ms)")
+    ap.add_argument("--gc-threshold", type=int,
+                    help="gc.set_threshold(N) in the server (default: Python's 700)")
+    ap.add_argument("--gc-freeze", action="store_true",
+                    help="gc.freeze() in the server once the app is built")
     ap.add_argument("--python", default=sys.executable)
     ap.add_argument("--original-venv", metavar="DIR")
     ap.add_argument("--json", metavar="PATH")
@@ -322,7 +337,11 @@ def main(argv=None):
     systems = b9.parse_list(args.systems, b9.SYSTEMS, "systems")
     works = b9.parse_list(args.work, b9.WORKS, "work")
     modes = args.modes.split(",")
-    env = {}
+    env = {"B9_GC_STATS": "1"}
+    if args.gc_freeze:
+        env["B9_GC_FREEZE"] = "1"
+    if args.gc_threshold:
+        env["B9_GC_THRESHOLD"] = str(args.gc_threshold)
     if args.switch_interval:
         env["B9_SWITCH_INTERVAL"] = str(args.switch_interval)
     pythons = {s: args.python for s in systems}
