@@ -53,6 +53,7 @@ LABELS = {
     "tasks2": "backgrounder Tasks of two",
     "decorator": "backgrounder @background",
     "original": "backgrounder 0.2.0 Task",
+    "yield0": "await sleep(0), work inline",
 }
 WORKS = ("io", "cpu")
 WORK_LABELS = {"io": "io: sleep 1 ms, GIL released",

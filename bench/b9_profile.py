@@ -315,7 +315,9 @@ def profile_callgrind(python, system, work, seconds, env, keep=None):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--systems", default="nobg,bgtask,task")
+    ap.add_argument("--systems", default="nobg,bgtask,task",
+                    help="B9's systems, and yield0: a background that yields to the "
+                         "loop once and runs the work inline (no thread)")
     ap.add_argument("--work", default="io")
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--modes", default="probes,syscalls")
@@ -334,7 +336,7 @@ def main(argv=None):
     for tool in ("wrk", "perf"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is not on PATH")
-    systems = b9.parse_list(args.systems, b9.SYSTEMS, "systems")
+    systems = b9.parse_list(args.systems, b9.SYSTEMS + ("yield0",), "systems")
     works = b9.parse_list(args.work, b9.WORKS, "work")
     modes = args.modes.split(",")
     env = {"B9_GC_STATS": "1"}
