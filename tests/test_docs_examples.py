@@ -578,6 +578,40 @@ def test_django_app_views_start_background_work_and_the_task_backend_runs_tasks(
     ]
 
 
+def test_django_runserver_serves_the_views_and_outbox_shows_the_work(tmp_path):
+    pytest.importorskip("django")
+    if importlib.util.find_spec("django.tasks") is None:
+        pytest.importorskip("django_tasks")
+    import httpx
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-I", os.path.join(EXAMPLES, "django_app.py"), "runserver", "--noreload", f"127.0.0.1:{port}"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+    )
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            wait_until(lambda: proc.poll() is not None or answers(client, "/outbox/"), "runserver")
+            assert proc.poll() is None, "runserver exited"
+            assert client.get("/orders/1/").json() == {"order": 1, "status": "accepted"}
+            assert client.get("/orders/2/cancel/").json() == {"order": 2, "status": "cancelled"}
+            expected = ["receipt for order 1", "receipt for order 2", "warehouse told about order 1"]
+            wait_until(lambda: client.get("/outbox/").json()["outbox"] == expected, "/outbox/")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    assert proc.returncode == 0, describe(done)
+    assert "Traceback" not in err, describe(done)
+
+
 # -- the pages and the examples agree ------------------------------------------
 
 INCLUDE = re.compile(r'^\s*--8<--\s+"([^":]+)(?::([\w-]+))?"\s*$', re.MULTILINE)

@@ -3,7 +3,9 @@ backgrounder's TASKS backend, in a one-file project.
 
 In a real project the parts below live in settings.py, tasks.py and views.py.
 ``python django_app.py`` sends a few requests through Django's test client and
-prints what the background work did.
+prints what the background work did. ``python django_app.py runserver
+--noreload`` serves it (then ``curl localhost:8000/orders/1/`` and
+``curl localhost:8000/outbox/``).
 """
 
 import asyncio
@@ -29,7 +31,7 @@ TASKS = {
 
 settings.configure(
     DEBUG=False,
-    ALLOWED_HOSTS=["testserver", "localhost"],
+    ALLOWED_HOSTS=["testserver", "localhost", "127.0.0.1"],
     ROOT_URLCONF=__name__,
     INSTALLED_APPS=TASKS_APPS,
     TASKS=TASKS,
@@ -98,7 +100,13 @@ def newsletter_status(request, result_id):
 # --8<-- [end:task_views]
 
 
+def outbox(request):
+    """What the background work did so far."""
+    return JsonResponse({"outbox": sorted(OUTBOX)})
+
+
 urlpatterns = [
+    path("outbox/", outbox),
     path("orders/<int:order_id>/", place_order),
     path("orders/<int:order_id>/cancel/", cancel_order),
     path("newsletters/<int:issue>/publish/", publish_newsletter),
@@ -118,10 +126,15 @@ def main():
     print(published)
 
     backgrounder.wait_idle(timeout=10)  # a server would just go on serving
-    for line in sorted(OUTBOX):
+    for line in client.get("/outbox/").json()["outbox"]:
         print(line)
     print(client.get(f"/newsletters/status/{published['task']}/").json())
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    if len(sys.argv) > 1:  # a management command: runserver, check, ...
+        from django.core.management import execute_from_command_line
+
+        execute_from_command_line(sys.argv)
+    else:
+        sys.exit(main())
