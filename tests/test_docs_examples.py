@@ -349,7 +349,7 @@ ASGI_PARAMS = [
 ]
 
 
-def test_client_class(name: str) -> Any:
+def client_class_of(name: str) -> Any:
     module_name, class_name = ASGI_EXAMPLES[name][0].split(":")
     return getattr(importlib.import_module(module_name), class_name)
 
@@ -359,7 +359,7 @@ def test_outbox_route_shows_what_the_background_work_did(name, loop_factory):
     module = load_example(name)
     _, (method, path, options), expected = ASGI_EXAMPLES[name]
     options_ = {"loop_factory": loop_factory}
-    client = test_client_class(name)(module.app, backend="asyncio", backend_options=options_)
+    client = client_class_of(name)(module.app, backend="asyncio", backend_options=options_)
 
     assert client.get("/outbox").json() == {"outbox": []}
     assert client.request(method, path, **options).status_code in (200, 201)
@@ -610,6 +610,26 @@ def test_django_runserver_serves_the_views_and_outbox_shows_the_work(tmp_path):
     done = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     assert proc.returncode == 0, describe(done)
     assert "Traceback" not in err, describe(done)
+
+
+def test_the_readme_demo_shows_a_failing_background_call_logged(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-I", "-W", "error", "-m", "backgrounder"],
+        check=False,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+
+    assert (proc.returncode, proc.stderr) == (0, ""), describe(proc)
+    out = proc.stdout
+    assert "@background: resized cat.png" in out
+    logged = out.index("ERROR backgrounder: background call __main__.charge_card failed")
+    assert out.index("Traceback (most recent call last)", logged) < out.index(
+        "ValueError: card declined for 42", logged
+    )
+    assert "'failed': 1" in out
 
 
 # -- the pages and the examples agree ------------------------------------------
