@@ -24,9 +24,13 @@ installed are skipped, with the reason.
 import asyncio
 import logging
 import os
+import signal
+import socket
+import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -718,6 +722,98 @@ def test_lilya_tasks_as_group_run_backgrounder_tasks(run, recorder):
 
     assert recorder.names()[0] == SENT
     assert sorted(recorder.names()[1:]) == ["left", "right"]
+
+
+# -- a failing Task under a real server (uvicorn) -------------------------
+
+FAILING_APPS = {
+    "starlette": """
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+async def endpoint(request):
+    return PlainTextResponse("ok", background=Task(fail))
+app = Starlette(routes=[Route("/", endpoint)])
+""",
+    "lilya": """
+from lilya.apps import Lilya
+from lilya.responses import PlainText
+from lilya.routing import Path
+async def endpoint():
+    return PlainText("ok", background=Task(fail))
+app = Lilya(routes=[Path("/", endpoint)])
+""",
+    "ravyn": """
+from ravyn import Gateway, Ravyn, Response, get
+@get("/")
+async def endpoint() -> Response:
+    return Response("ok", media_type="text/plain", background=Task(fail))
+app = Ravyn(routes=[Gateway(handler=endpoint)])
+""",
+    "esmerald": """
+from esmerald import Esmerald, Gateway, Response, get
+@get("/")
+async def endpoint() -> Response:
+    return Response("ok", media_type="text/plain", background=Task(fail))
+app = Esmerald(routes=[Gateway(handler=endpoint)])
+""",
+}
+UNEXPECTED_START = "RuntimeError: Unexpected ASGI message 'http.response.start' sent"
+
+
+@pytest.mark.parametrize(
+    "framework",
+    [
+        "starlette",
+        "lilya",
+        pytest.param("ravyn", marks=needs("ravyn")),
+        pytest.param("esmerald", marks=needs("esmerald")),
+    ],
+)
+def test_uvicorn_logs_a_failing_task_and_ravyn_esmerald_add_a_second_response_error(
+    framework, tmp_path
+):
+    # The failing task's error is logged by uvicorn ("Exception in ASGI
+    # application"). Ravyn's and Esmerald's exception middleware then try to
+    # send a 500 response after the response was sent, and uvicorn refuses
+    # it with a RuntimeError, the task's error chained as its context: theirs,
+    # not backgrounder's (docs/esmerald.md).
+    source = "from backgrounder import Task\ndef fail():\n    raise ValueError('task failed')\n"
+    (tmp_path / "failing_app.py").write_text(source + FAILING_APPS[framework])
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-I", "-m", "uvicorn", "failing_app:app", "--port", str(port)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, "uvicorn did not start"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as response:
+                    body = response.read()
+                break
+            except OSError:
+                time.sleep(0.05)
+        # The task runs after the response; at SIGINT uvicorn waits for the
+        # requests in flight, background included, before it exits.
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+    assert body == b"ok"
+    assert err.count("Exception in ASGI application") == 1, err
+    assert "ValueError: task failed" in err, err
+    assert (UNEXPECTED_START in err) == (framework in ("ravyn", "esmerald")), err
 
 
 # -- a Task started in an anyio task group -------------------------------
