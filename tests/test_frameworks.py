@@ -770,7 +770,7 @@ UNEXPECTED_START = "RuntimeError: Unexpected ASGI message 'http.response.start' 
         pytest.param("esmerald", marks=needs("esmerald")),
     ],
 )
-def test_uvicorn_logs_a_failing_task_and_ravyn_esmerald_add_a_second_response_error(
+def test_uvicorn_logs_a_failing_task_once_or_with_a_second_response_error(
     framework, tmp_path
 ):
     # The failing task's error is logged by uvicorn ("Exception in ASGI
