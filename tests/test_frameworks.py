@@ -737,6 +737,14 @@ async def endpoint(request):
     return PlainTextResponse("ok", background=Task(fail))
 app = Starlette(routes=[Route("/", endpoint)])
 """,
+    "fastapi": """
+from fastapi import FastAPI
+from fastapi.responses import PlainTextResponse
+app = FastAPI()
+@app.get("/")
+async def endpoint() -> PlainTextResponse:
+    return PlainTextResponse("ok", background=Task(fail))
+""",
     "lilya": """
 from lilya.apps import Lilya
 from lilya.responses import PlainText
@@ -767,6 +775,7 @@ UNEXPECTED_START = "RuntimeError: Unexpected ASGI message 'http.response.start' 
     "framework",
     [
         "starlette",
+        "fastapi",
         "lilya",
         pytest.param("ravyn", marks=needs("ravyn")),
         pytest.param("esmerald", marks=needs("esmerald")),
