@@ -661,6 +661,30 @@ def test_original_readme_example_never_runs_the_route_background(run, framework,
 
 
 @pytest.mark.parametrize("framework", ROUTE_FRAMEWORKS)
+def test_the_forms_the_page_gives_instead_run_the_tasks(run, framework, recorder):
+    # docs/esmerald.md, under the warning about the example above.
+    fw = framework_module(framework)
+    tasks = Tasks([Task(recorder.sync, "a"), Task(recorder.sync, "b")], as_group=True)
+
+    @fw.get()
+    async def on_response() -> fw.Response:
+        return fw.Response("Task started", media_type="text/plain", background=tasks)
+
+    @fw.get(background=tasks)
+    async def on_route() -> dict:
+        return {"status": "Task started"}
+
+    for handler in (on_response, on_route):
+        recorder.events.clear()
+
+        [response] = run(get(recording_sent(app_of(fw, handler), recorder)))
+
+        assert response.status_code == 200
+        assert recorder.names()[0] == SENT
+        assert sorted(recorder.names()[1:]) == ["a", "b"]
+
+
+@pytest.mark.parametrize("framework", ROUTE_FRAMEWORKS)
 def test_data_containers_refuse_a_backgrounder_task(framework):
     # JSON, File, Redirect, Stream and Template check `background` with
     # pydantic: only Lilya's own Task and Tasks pass.
