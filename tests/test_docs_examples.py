@@ -394,15 +394,15 @@ import importlib.util, json, sys
 import uvicorn
 import backgrounder
 
-path, port, drain = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+path, port, drain, attribute = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 if drain == "without drain":
     async def no_drain(timeout=None):
         return True
     backgrounder.drain = no_drain
 spec = importlib.util.spec_from_file_location("example", path)
-module = importlib.util.module_from_spec(spec)
+module = sys.modules["example"] = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(module)
-uvicorn.run(module.app, host="127.0.0.1", port=port, log_level="info")
+uvicorn.run(getattr(module, attribute), host="127.0.0.1", port=port, log_level="info")
 print("OUTBOX", json.dumps(module.OUTBOX), flush=True)
 """
 
@@ -436,10 +436,17 @@ def serve_and_interrupt(
     report, then SIGINT: the process's output, and what /outbox showed."""
     import httpx
 
-    _, (method, path, options), expected = ASGI_EXAMPLES[name]
+    if name == "django_app":  # Django's URLs end with a slash
+        attribute, slash = "application", "/"
+        method, path, options = "GET", "/orders/1/", {}
+        expected = ["receipt for order 1", "warehouse told about order 1"]
+    else:
+        attribute, slash = "app", ""
+        _, (method, path, options), expected = ASGI_EXAMPLES[name]
     port = free_port()
+    script = os.path.join(EXAMPLES, f"{name}.py")
     proc = subprocess.Popen(
-        [sys.executable, "-I", "-c", SERVE, os.path.join(EXAMPLES, f"{name}.py"), str(port), drain],
+        [sys.executable, "-I", "-c", SERVE, script, str(port), drain, attribute],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -449,13 +456,14 @@ def serve_and_interrupt(
     seen: list[Any] = []
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-            wait_until(lambda: proc.poll() is not None or answers(client, "/outbox"), "the server")
+            outbox = "/outbox" + slash
+            wait_until(lambda: proc.poll() is not None or answers(client, outbox), "the server")
             assert proc.poll() is None, "the server exited"
             assert client.request(method, path, **options).status_code in (200, 201)
             # The work runs after the response was sent: /outbox shows it soon.
-            wait_until(lambda: client.get("/outbox").json()["outbox"] == expected, "/outbox")
-            seen.append(client.get("/outbox").json())
-            response = client.post("/reports/9")
+            wait_until(lambda: client.get(outbox).json()["outbox"] == expected, outbox)
+            seen.append(client.get(outbox).json())
+            response = client.post("/reports/9" + slash)
             assert (response.status_code, response.json()) == (202, {"report": 9, "status": "building"})
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=TIMEOUT)
@@ -482,11 +490,30 @@ def test_uvicorn_serves_the_example_and_ctrl_c_drains_the_background_work(name, 
     assert "Traceback" not in proc.stderr, describe(proc)
 
 
-def test_uvicorn_ctrl_c_cancels_async_background_work_without_the_drain(tmp_path):
+def test_django_under_uvicorn_drains_the_background_work_in_its_asgi_lifespan(tmp_path):
+    pytest.importorskip("django")
+    if importlib.util.find_spec("django.tasks") is None:
+        pytest.importorskip("django_tasks")
+
+    proc, seen = serve_and_interrupt("django_app", tmp_path)
+
+    assert proc.returncode == 0, describe(proc)
+    expected = ["receipt for order 1", "warehouse told about order 1"]
+    assert seen == [{"outbox": expected}]
+    assert sorted(printed_outbox(proc)) == sorted([*expected, "report 9 built"]), describe(proc)
+    assert "Traceback" not in proc.stderr, describe(proc)
+
+
+@pytest.mark.parametrize("name", ["starlette_app", "django_app"])
+def test_uvicorn_ctrl_c_cancels_async_background_work_without_the_drain(name, tmp_path):
     # What the lifespan's drain is for: without it, the report still running
     # on the server's loop is cancelled when uvicorn closes the loop, and
     # backgrounder logs the cancellation.
-    proc, _ = serve_and_interrupt("starlette_app", tmp_path, drain="without drain")
+    if name == "django_app":
+        pytest.importorskip("django")
+        if importlib.util.find_spec("django.tasks") is None:
+            pytest.importorskip("django_tasks")
+    proc, _ = serve_and_interrupt(name, tmp_path, drain="without drain")
 
     assert proc.returncode == 0, describe(proc)
     assert "report 9 built" not in printed_outbox(proc)

@@ -72,6 +72,20 @@ async def cancel_order(request, order_id):  # an async view
 # --8<-- [end:views]
 
 
+# --8<-- [start:report]
+@background
+async def build_report(report_id):
+    """Async, called from an async view: runs on the loop that runs the view."""
+    await asyncio.sleep(1)
+    OUTBOX.append(f"report {report_id} built")
+
+
+async def request_report(request, report_id):
+    build_report(report_id)  # returns a handle at once
+    return JsonResponse({"report": report_id, "status": "building"}, status=202)
+# --8<-- [end:report]
+
+
 # --8<-- [start:tasks]
 try:
     from django.tasks import task  # Django >= 6.0
@@ -111,13 +125,37 @@ urlpatterns = [
     path("orders/<int:order_id>/cancel/", cancel_order),
     path("newsletters/<int:issue>/publish/", publish_newsletter),
     path("newsletters/status/<str:result_id>/", newsletter_status),
+    path("reports/<int:report_id>/", request_report),
 ]
+
+
+# --8<-- [start:asgi]
+# asgi.py: serve with `uvicorn myproject.asgi:application`
+import backgrounder
+from django.core.asgi import get_asgi_application
+
+django_application = get_asgi_application()
+
+
+async def application(scope, receive, send):
+    if scope["type"] != "lifespan":
+        await django_application(scope, receive, send)
+        return
+    # Django does not speak the ASGI lifespan protocol: answer it here, and
+    # at shutdown wait for the background work still running on this loop.
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await backgrounder.drain(timeout=None)
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+# --8<-- [end:asgi]
 
 
 def main():
     from django.test import Client
-
-    import backgrounder
 
     client = Client()
     print(client.get("/orders/1/").json())
