@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
+import sys
 import threading
 import time
 
@@ -32,6 +34,12 @@ def resize_image(name: str) -> str:
     return f"resized {name}"
 
 
+@background
+def charge_card(amount: int) -> None:
+    """Fails, and nobody waits for it: backgrounder logs the exception."""
+    raise ValueError(f"card declined for {amount}")
+
+
 async def handle_request() -> None:
     request_id.set("req-42")
     print("Task:  ", await Task(send_email, "ada@example.com", subject="welcome")())
@@ -51,6 +59,8 @@ async def handle_request() -> None:
 
 
 def main() -> None:
+    # Where the `backgrounder` logger's records go; an app has its own setup.
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", stream=sys.stdout)
     print(f"backgrounder {backgrounder.__version__}: a native engine for background work\n")
     asyncio.run(handle_request())
 
@@ -58,6 +68,11 @@ def main() -> None:
     handle = resize_image("cat.png")
     print(f"\n@background: returned {handle!r} after {(time.perf_counter() - start) * 1e6:.0f} µs")
     print("@background:", handle.result(timeout=5))
+
+    print("\n@background: charge_card(42) fails, and nobody waits for its handle:")
+    sys.stdout.flush()
+    charge_card(42)  # the handle is dropped at once: the failure is logged
+    backgrounder.wait_idle(timeout=5)
     print("\nstats:", backgrounder.stats())
 
 

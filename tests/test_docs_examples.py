@@ -3,12 +3,16 @@
 The pages include these files verbatim (pymdownx.snippets, ``--8<--``), so
 each one is tested here against the installed package:
 
-- the ASGI apps (Starlette, FastAPI, Esmerald, Lilya) are imported from their
-  files and driven through the framework's own test client, under each loop
-  kind; each example's ``OUTBOX`` is swapped for a recorder that notes which
-  thread the work ran on, and the app is wrapped to note when the response
-  was sent, so the tests see that the work ran after the response, sync work
-  on a pool thread and async work on the loop thread;
+- the ASGI apps (Starlette, FastAPI, Lilya, Ravyn, Esmerald) are imported
+  from their files and driven through the framework's own test client, under
+  each loop kind; each example's ``OUTBOX`` is swapped for a recorder that
+  notes which thread the work ran on, and the app is wrapped to note when
+  the response was sent, so the tests see that the work ran after the
+  response, sync work on a pool thread and async work on the loop thread;
+- each app's ``/outbox`` route shows what the work did, and its lifespan
+  drains the async ``@background`` work at shutdown: tested through the test
+  client and through a real uvicorn process stopped with SIGINT (Ctrl-C);
+  the Django project is served by ``runserver`` and queried the same way;
 - the scripts (plain, asyncio, lifecycle, the one-file Django project) run in
   a subprocess, with warnings as errors, and their output is checked.
 
@@ -19,12 +23,16 @@ here, and that every include names an existing file and section.
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import re
+import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import ModuleType
@@ -39,6 +47,29 @@ EXAMPLES = os.path.join(DOCS, "examples")
 TIMEOUT = 60  # seconds for one example script; there to turn a hang into a failure
 
 SENT = "response sent"
+
+# Esmerald needs lilya 0.23.3 and Ravyn the newest Lilya: each is tested where
+# it is installed (see tests/test_frameworks.py and .ci/edges.sh); a
+# framework named in BACKGROUNDER_TEST_FRAMEWORKS must be there.
+# Ravyn 0.4.3 installs on Python 3.10 to 3.14.
+DEFAULT_FRAMEWORKS = "starlette,fastapi,lilya" + (",ravyn" if sys.version_info < (3, 15) else "")
+REQUIRED = os.environ.get("BACKGROUNDER_TEST_FRAMEWORKS", DEFAULT_FRAMEWORKS)
+
+
+def installed(name: str) -> bool:
+    found = importlib.util.find_spec(name) is not None
+    assert found or name not in REQUIRED.split(","), f"{name} must be installed"
+    return found
+
+
+needs_ravyn = pytest.mark.skipif(
+    not installed("ravyn"), reason="ravyn is not installed here (requirements/test.txt has it)"
+)
+needs_esmerald = pytest.mark.skipif(
+    not installed("esmerald"),
+    reason="esmerald is not installed here: it needs lilya 0.23.3, so its tests run in "
+    "a virtualenv of their own (requirements/esmerald.txt, .ci/edges.sh)",
+)
 
 
 # -- loading an example and watching its work --------------------------------
@@ -211,6 +242,34 @@ def test_fastapi_background_tasks_runs_a_task_added_to_it(client_for):
     assert_async_on_loop(outbox, "warehouse told about order 7")
 
 
+@needs_ravyn
+def test_ravyn_response_background_task_runs_on_the_pool_after_the_response(client_for):
+    from ravyn.testclient import RavynTestClient
+
+    client, outbox = client_for(RavynTestClient, load_example("ravyn_app"))
+
+    response = client.post("/invoices/3")
+
+    assert response.status_code == 201
+    assert response.json() == {"invoice": 3, "status": "created"}
+    assert outbox.texts() == [SENT, "invoice 3 sent"]
+    assert_sync_on_pool(outbox, "invoice 3 sent")
+
+
+@needs_ravyn
+def test_ravyn_route_background_task_runs_after_every_response(client_for):
+    from ravyn.testclient import RavynTestClient
+
+    client, outbox = client_for(RavynTestClient, load_example("ravyn_app"))
+
+    responses = [client.get("/home") for _ in range(2)]
+
+    assert [(r.status_code, r.json()) for r in responses] == [(200, {"page": "home"})] * 2
+    assert outbox.texts() == [SENT, "visit of home"] * 2
+    assert all(not e.pool_thread for e in outbox.events if isinstance(e, Entry))
+
+
+@needs_esmerald
 def test_esmerald_response_background_task_runs_on_the_pool_after_the_response(client_for):
     from esmerald.testclient import EsmeraldTestClient
 
@@ -224,6 +283,7 @@ def test_esmerald_response_background_task_runs_on_the_pool_after_the_response(c
     assert_sync_on_pool(outbox, "invoice 3 sent")
 
 
+@needs_esmerald
 def test_esmerald_route_background_task_runs_after_every_response(client_for):
     from esmerald.testclient import EsmeraldTestClient
 
@@ -247,6 +307,217 @@ def test_lilya_publish_answers_then_runs_the_tasks_in_order(client_for):
     assert outbox.texts() == [SENT, "cache purged: article:5", "article 5 reindexed"]
     assert_sync_on_pool(outbox, "cache purged: article:5")
     assert_async_on_loop(outbox, "article 5 reindexed")
+
+
+# -- what the work did (/outbox) and the drain at shutdown (lifespan) ----------
+
+# Each ASGI example: its test client, a first request and what it leaves in
+# OUTBOX once its background work ran, then a report built by an async
+# @background call that runs for a second on the server's loop.
+ASGI_EXAMPLES = {
+    "starlette_app": (
+        "starlette.testclient:TestClient",
+        ("POST", "/signup", {"json": {"email": "ada@example.com"}}),
+        ["welcome mail to ada@example.com", "audit: signup by ada@example.com"],
+    ),
+    "fastapi_app": (
+        "fastapi.testclient:TestClient",
+        ("POST", "/orders/7", {"params": {"email": "ada@example.com"}}),
+        ["receipt for order 7 to ada@example.com"],
+    ),
+    "lilya_app": (
+        "lilya.testclient:TestClient",
+        ("POST", "/articles/5/publish", {}),
+        ["cache purged: article:5", "article 5 reindexed"],
+    ),
+    "ravyn_app": (
+        "ravyn.testclient:RavynTestClient",
+        ("POST", "/invoices/3", {}),
+        ["invoice 3 sent"],
+    ),
+    "esmerald_app": (
+        "esmerald.testclient:EsmeraldTestClient",
+        ("POST", "/invoices/3", {}),
+        ["invoice 3 sent"],
+    ),
+}
+ASGI_PARAMS = [
+    pytest.param("ravyn_app", marks=needs_ravyn)
+    if name == "ravyn_app"
+    else pytest.param("esmerald_app", marks=needs_esmerald)
+    if name == "esmerald_app"
+    else name
+    for name in ASGI_EXAMPLES
+]
+
+
+def client_class_of(name: str) -> Any:
+    module_name, class_name = ASGI_EXAMPLES[name][0].split(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+@pytest.mark.parametrize("name", ASGI_PARAMS)
+def test_outbox_route_shows_what_the_background_work_did(name, loop_factory):
+    module = load_example(name)
+    _, (method, path, options), expected = ASGI_EXAMPLES[name]
+    options_ = {"loop_factory": loop_factory}
+    client = client_class_of(name)(module.app, backend="asyncio", backend_options=options_)
+
+    assert client.get("/outbox").json() == {"outbox": []}
+    assert client.request(method, path, **options).status_code in (200, 201)
+
+    # The test client returns once the app ended, background work included.
+    assert client.get("/outbox").json() == {"outbox": expected}
+
+
+@pytest.mark.parametrize("name", ASGI_PARAMS)
+def test_lifespan_shutdown_drains_an_async_background_call(name, loop_factory):
+    from starlette.testclient import TestClient
+
+    module = load_example(name)
+    options = {"loop_factory": loop_factory}
+    # Starlette's client for every app: Lilya's (and so Ravyn's and
+    # Esmerald's), as a context manager, never closes the memory streams it
+    # talks to the lifespan through (a ResourceWarning, an error here).
+    with TestClient(module.app, backend="asyncio", backend_options=options) as client:
+        response = client.post("/reports/4")
+        assert (response.status_code, response.json()) == (202, {"report": 4, "status": "building"})
+    # Leaving the block ran the lifespan's shutdown, then closed the loop:
+    # the report, a second's work on that loop, finished in between.
+    assert module.OUTBOX == ["report 4 built"]
+
+
+# A real server: uvicorn in a subprocess, serving the example's app, stopped
+# with SIGINT as Ctrl-C does; it prints OUTBOX once uvicorn.run() returned.
+SERVE = """
+import importlib.util, json, sys
+import uvicorn
+import backgrounder
+
+path, port, drain, attribute = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+if drain == "without drain":
+    async def no_drain(timeout=None):
+        return True
+    backgrounder.drain = no_drain
+spec = importlib.util.spec_from_file_location("example", path)
+module = sys.modules["example"] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+uvicorn.run(getattr(module, attribute), host="127.0.0.1", port=port, log_level="info")
+print("OUTBOX", json.dumps(module.OUTBOX), flush=True)
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def answers(client: Any, path: str) -> bool:
+    import httpx
+
+    try:
+        return client.get(path).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def serve_and_interrupt(
+    name: str, tmp_path: Any, drain: str = "with drain"
+) -> tuple[subprocess.CompletedProcess[str], list[Any]]:
+    """Serve the example with uvicorn, use it as the page says, start a
+    report, then SIGINT: the process's output, and what /outbox showed."""
+    import httpx
+
+    if name == "django_app":  # Django's URLs end with a slash
+        attribute, slash = "application", "/"
+        method, path, options = "GET", "/orders/1/", {}
+        expected = ["receipt for order 1", "warehouse told about order 1"]
+    else:
+        attribute, slash = "app", ""
+        _, (method, path, options), expected = ASGI_EXAMPLES[name]
+    port = free_port()
+    script = os.path.join(EXAMPLES, f"{name}.py")
+    proc = subprocess.Popen(
+        [sys.executable, "-I", "-c", SERVE, script, str(port), drain, attribute],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+    )
+    seen: list[Any] = []
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            outbox = "/outbox" + slash
+            wait_until(lambda: proc.poll() is not None or answers(client, outbox), "the server")
+            assert proc.poll() is None, "the server exited"
+            assert client.request(method, path, **options).status_code in (200, 201)
+            # The work runs after the response was sent: /outbox shows it soon.
+            wait_until(lambda: client.get(outbox).json()["outbox"] == expected, outbox)
+            seen.append(client.get(outbox).json())
+            response = client.post("/reports/9" + slash)
+            assert (response.status_code, response.json()) == (202, {"report": 9, "status": "building"})
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), seen
+
+
+def printed_outbox(proc: subprocess.CompletedProcess[str]) -> list[str]:
+    [line] = [line for line in proc.stdout.splitlines() if line.startswith("OUTBOX ")]
+    return json.loads(line[len("OUTBOX ") :])
+
+
+@pytest.mark.parametrize("name", ASGI_PARAMS)
+def test_uvicorn_serves_the_example_and_ctrl_c_drains_the_background_work(name, tmp_path):
+    proc, seen = serve_and_interrupt(name, tmp_path)
+
+    assert proc.returncode == 0, describe(proc)
+    expected = ASGI_EXAMPLES[name][2]
+    assert seen == [{"outbox": expected}]
+    assert printed_outbox(proc) == [*expected, "report 9 built"], describe(proc)
+    assert "Traceback" not in proc.stderr, describe(proc)
+
+
+def test_django_under_uvicorn_drains_the_background_work_in_its_asgi_lifespan(tmp_path):
+    pytest.importorskip("django")
+    if importlib.util.find_spec("django.tasks") is None:
+        pytest.importorskip("django_tasks")
+
+    proc, seen = serve_and_interrupt("django_app", tmp_path)
+
+    assert proc.returncode == 0, describe(proc)
+    expected = ["receipt for order 1", "warehouse told about order 1"]
+    assert seen == [{"outbox": expected}]
+    assert sorted(printed_outbox(proc)) == sorted([*expected, "report 9 built"]), describe(proc)
+    assert "Traceback" not in proc.stderr, describe(proc)
+
+
+@pytest.mark.parametrize("name", ["starlette_app", "django_app"])
+def test_uvicorn_ctrl_c_cancels_async_background_work_without_the_drain(name, tmp_path):
+    # What the lifespan's drain is for: without it, the report still running
+    # on the server's loop is cancelled when uvicorn closes the loop, and
+    # backgrounder logs the cancellation.
+    if name == "django_app":
+        pytest.importorskip("django")
+        if importlib.util.find_spec("django.tasks") is None:
+            pytest.importorskip("django_tasks")
+    proc, _ = serve_and_interrupt(name, tmp_path, drain="without drain")
+
+    assert proc.returncode == 0, describe(proc)
+    assert "report 9 built" not in printed_outbox(proc)
+    assert re.search(r"build_report.*cancel", proc.stderr), describe(proc)
 
 
 # -- the scripts, each in its own interpreter ----------------------------------
@@ -334,6 +605,60 @@ def test_django_app_views_start_background_work_and_the_task_backend_runs_tasks(
         "warehouse told about order 1",
         "{'status': 'SUCCESSFUL', 'value': {'issue': 7, 'recipients': 3}}",
     ]
+
+
+def test_django_runserver_serves_the_views_and_outbox_shows_the_work(tmp_path):
+    pytest.importorskip("django")
+    if importlib.util.find_spec("django.tasks") is None:
+        pytest.importorskip("django_tasks")
+    import httpx
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-I", os.path.join(EXAMPLES, "django_app.py"), "runserver", "--noreload", f"127.0.0.1:{port}"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+    )
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            wait_until(lambda: proc.poll() is not None or answers(client, "/outbox/"), "runserver")
+            assert proc.poll() is None, "runserver exited"
+            assert client.get("/orders/1/").json() == {"order": 1, "status": "accepted"}
+            assert client.get("/orders/2/cancel/").json() == {"order": 2, "status": "cancelled"}
+            expected = ["receipt for order 1", "receipt for order 2", "warehouse told about order 1"]
+            wait_until(lambda: client.get("/outbox/").json()["outbox"] == expected, "/outbox/")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    assert proc.returncode == 0, describe(done)
+    assert "Traceback" not in err, describe(done)
+
+
+def test_the_readme_demo_shows_a_failing_background_call_logged(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-I", "-W", "error", "-m", "backgrounder"],
+        check=False,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+
+    assert (proc.returncode, proc.stderr) == (0, ""), describe(proc)
+    out = proc.stdout
+    assert "@background: resized cat.png" in out
+    logged = out.index("ERROR backgrounder: background call __main__.charge_card failed")
+    assert out.index("Traceback (most recent call last)", logged) < out.index(
+        "ValueError: card declined for 42", logged
+    )
+    assert "'failed': 1" in out
 
 
 # -- the pages and the examples agree ------------------------------------------

@@ -1,12 +1,20 @@
 """backgrounder's Task and Tasks as the `background` of a response.
 
-Each framework (Starlette, FastAPI, Esmerald, Lilya) awaits `background()`
-after it has sent the response body. These tests drive real applications
+Each framework (Starlette, FastAPI, Lilya, Ravyn, Esmerald) awaits
+`background()` after it has sent the response body. These tests drive real applications
 through httpx's ASGITransport inside the `run` fixture (so under asyncio and
 uvloop) and through each framework's own test client, and check that the
 work ran after the response, with its arguments, on the right thread, and
 that its failures reach the caller. The last tests use a Task with anyio's
 task groups directly, as Lilya's `Tasks(as_group=True)` and many apps do.
+
+Esmerald (3.9.4, the newest) works only with Lilya 0.23.3, and Ravyn (its
+successor) needs the newest Lilya: the two cannot be installed together.
+requirements/test.txt has Ravyn; requirements/esmerald.txt makes the
+environment in which .ci/edges.sh runs the Esmerald tests (`-k esmerald`).
+A framework named in BACKGROUNDER_TEST_FRAMEWORKS (by default all but
+Esmerald) must be importable; the tests of one that is not named and not
+installed are skipped, with the reason.
 """
 
 # No `from __future__ import annotations` here: Esmerald reads the handler's
@@ -15,16 +23,19 @@ task groups directly, as Lilya's `Tasks(as_group=True)` and many apps do.
 
 import asyncio
 import logging
+import os
+import signal
+import socket
+import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
-import esmerald
-import esmerald.testclient
 import fastapi
 import fastapi.responses
 import fastapi.testclient
@@ -41,6 +52,43 @@ import starlette.routing
 import starlette.testclient
 
 from backgrounder import Task, Tasks
+
+# Ravyn 0.4.3 installs on Python 3.10 to 3.14.
+DEFAULT_FRAMEWORKS = "starlette,fastapi,lilya" + (",ravyn" if sys.version_info < (3, 15) else "")
+REQUIRED = os.environ.get("BACKGROUNDER_TEST_FRAMEWORKS", DEFAULT_FRAMEWORKS)
+
+try:
+    import ravyn
+    import ravyn.testclient
+except ImportError:
+    if "ravyn" in REQUIRED.split(","):
+        raise
+    ravyn = None  # type: ignore[assignment]
+
+try:
+    import esmerald
+    import esmerald.testclient
+except ImportError:
+    if "esmerald" in REQUIRED.split(","):
+        raise
+    esmerald = None  # type: ignore[assignment]
+
+NOT_INSTALLED = {
+    "ravyn": ravyn is None,
+    "esmerald": esmerald is None,
+}
+WHY_NOT_INSTALLED = {
+    "ravyn": "ravyn is not installed here (requirements/test.txt has it)",
+    "esmerald": (
+        "esmerald is not installed here: it needs lilya 0.23.3, so its tests run in "
+        "a virtualenv of their own (requirements/esmerald.txt, .ci/edges.sh)"
+    ),
+}
+
+
+def needs(name: str) -> pytest.MarkDecorator:
+    """Skip the test when the optional framework `name` is not installed."""
+    return pytest.mark.skipif(NOT_INSTALLED[name], reason=WHY_NOT_INSTALLED.get(name, ""))
 
 if sys.version_info < (3, 11):
     from exceptiongroup import ExceptionGroup
@@ -168,6 +216,16 @@ def fastapi_app(make_background: MakeBackground) -> ASGIApp:
     return app
 
 
+def ravyn_app(make_background: MakeBackground) -> ASGIApp:
+    # As in Esmerald, a handler annotated with a Response class returns its
+    # response as it is; the annotation must be a class, not a string.
+    @ravyn.get("/")
+    async def endpoint() -> ravyn.Response:
+        return ravyn.Response("ok", media_type="text/plain", background=make_background())
+
+    return ravyn.Ravyn(routes=[ravyn.Gateway(handler=endpoint)], enable_openapi=False)
+
+
 def esmerald_app(make_background: MakeBackground) -> ASGIApp:
     # The return annotation matters: for a handler whose annotation is not a
     # Response class (none, or a string), Esmerald replaces the returned
@@ -189,15 +247,17 @@ def lilya_app(make_background: MakeBackground) -> ASGIApp:
 FRAMEWORKS: dict[str, Callable[[MakeBackground], ASGIApp]] = {
     "starlette": starlette_app,
     "fastapi": fastapi_app,
-    "esmerald": esmerald_app,
     "lilya": lilya_app,
+    "ravyn": ravyn_app,
+    "esmerald": esmerald_app,
 }
 
 TEST_CLIENTS: dict[str, Callable[..., Any]] = {
     "starlette": starlette.testclient.TestClient,
     "fastapi": fastapi.testclient.TestClient,
-    "esmerald": esmerald.testclient.EsmeraldTestClient,
     "lilya": lilya.testclient.TestClient,
+    "ravyn": lambda *a, **k: ravyn.testclient.RavynTestClient(*a, **k),
+    "esmerald": lambda *a, **k: esmerald.testclient.EsmeraldTestClient(*a, **k),
 }
 
 
@@ -212,7 +272,12 @@ def restore_root_logger() -> Iterator[None]:
     root.setLevel(level)
 
 
-@pytest.fixture(params=list(FRAMEWORKS))
+@pytest.fixture(
+    params=[
+        pytest.param(name, marks=needs(name)) if name in NOT_INSTALLED else name
+        for name in FRAMEWORKS
+    ]
+)
 def framework(request: pytest.FixtureRequest) -> str:
     return request.param
 
@@ -236,12 +301,13 @@ def serve(framework: str, recorder: Recorder) -> Callable[[MakeBackground], ASGI
 def task_error(framework: str, excinfo: pytest.ExceptionInfo) -> BaseException:
     """The exception of the background work, as the app let it out."""
     exc = excinfo.value
-    if framework == "esmerald":
-        # Esmerald's exception middleware answers every exception with a 500
-        # response, also one raised after the response was sent: the test
-        # client then fails on the second "http.response.start" message
-        # (uvicorn would raise RuntimeError), the task's exception chained to
-        # it as __context__.
+    if framework in ("ravyn", "esmerald"):
+        # Their exception middleware (RavynAPIException, EsmeraldAPIException)
+        # answers every exception with a 500 response, also one raised after
+        # the response was sent: the test client then fails on the second
+        # "http.response.start" message (uvicorn raises RuntimeError, see
+        # test_docs_examples), the task's exception chained to it as
+        # __context__.
         assert isinstance(exc, AssertionError)
         exc = exc.__context__
     return exc
@@ -491,18 +557,143 @@ def test_test_client_raises_the_task_error(framework, framework_client, serve, r
 # -- framework-specific ways to attach background work -------------------
 
 
-def test_esmerald_route_level_background_task_runs_after_each_response(run, recorder):
-    @esmerald.get("/", background=Task(recorder.sync, "work", key="v"))
-    async def endpoint() -> dict:
-        return {"ok": True}
+# -- Ravyn and Esmerald: the route's own background, @get(background=...) --
+#
+# Which of the route's background and the returned response's own runs
+# depends on the handler's return annotation, read at run time:
+#
+# - annotated with a Response class (the framework's Response or
+#   JSONResponse, Lilya's Response, ...) or a data container (JSON, ...):
+#   the response is used as it is; the route's background never runs, so
+#   backgrounder 0.2.0's README example (`@get(background=tasks)` on a
+#   handler `-> Response`) never ran its tasks;
+# - annotated otherwise (`-> dict`, `-> None`, `-> Any`, or any string
+#   annotation, as under `from __future__ import annotations`): the route's
+#   background runs. Ravyn runs the response's own instead when it has one;
+#   Esmerald replaces the response's own with the route's.
 
-    app = esmerald.Esmerald(routes=[esmerald.Gateway(handler=endpoint)], enable_openapi=False)
+ROUTE_FRAMEWORKS = [
+    pytest.param("ravyn", marks=needs("ravyn")),
+    pytest.param("esmerald", marks=needs("esmerald")),
+]
+RESPONSE_CLASS_ANNOTATIONS = ["Response", "JSONResponse", "lilya Response", "JSON"]
+OTHER_ANNOTATIONS = ["dict", "None", "string"]
+RESPONSES = ["response", "response with its own background"]
+# A handler annotated with a Response class must return one; the others may
+# return data too.
+HANDLER_FORMS = [(a, r) for a in RESPONSE_CLASS_ANNOTATIONS for r in RESPONSES] + [
+    (a, r) for a in OTHER_ANNOTATIONS for r in ["data", *RESPONSES]
+]
 
-    responses = run(get(recording_sent(app, recorder), times=2))
 
-    assert [r.json() for r in responses] == [{"ok": True}] * 2
-    assert recorder.names() == [SENT, "work"] * 2
-    assert all(c.kwargs == {"key": "v"} for c in recorder.calls())
+def framework_module(framework: str) -> Any:
+    return {"ravyn": ravyn, "esmerald": esmerald}[framework]
+
+
+def app_of(fw: Any, handler: Any) -> ASGIApp:
+    app_class = fw.Ravyn if fw is ravyn else fw.Esmerald
+    return app_class(routes=[fw.Gateway(handler=handler)], enable_openapi=False)
+
+
+def annotation_named(fw: Any, name: str) -> Any:
+    return {
+        "Response": fw.Response,
+        "JSONResponse": fw.JSONResponse,
+        "lilya Response": lilya.responses.Response,
+        "JSON": fw.JSON,
+        "dict": dict,
+        "None": None,
+        "string": "Response",  # as every annotation under `from __future__ import annotations`
+    }[name]
+
+
+def route_background_app(fw: Any, recorder: Recorder, annotation: str, returns: str) -> ASGIApp:
+    async def endpoint() -> Any:
+        if returns == "data":
+            return {"ok": True}
+        own = Task(recorder.sync, "own") if returns.endswith("background") else None
+        return fw.Response({"ok": True}, media_type="application/json", background=own)
+
+    endpoint.__annotations__["return"] = annotation_named(fw, annotation)
+    route_tasks = Tasks([Task(recorder.sync, "route"), Task(recorder.async_, "route, async")])
+    return recording_sent(app_of(fw, fw.get("/", background=route_tasks)(endpoint)), recorder)
+
+
+def expected_route_background(framework: str, annotation: str, returns: str) -> list[str]:
+    """What runs after each response: the rule the docs (esmerald.md) state."""
+    route, own = [SENT, "route", "route, async"], [SENT, "own"]
+    if annotation in RESPONSE_CLASS_ANNOTATIONS:
+        return own if returns.endswith("background") else [SENT]
+    if framework == "ravyn" and returns.endswith("background"):
+        return own
+    return route
+
+
+@pytest.mark.parametrize(("annotation", "returns"), HANDLER_FORMS)
+@pytest.mark.parametrize("framework", ROUTE_FRAMEWORKS)
+def test_route_background_runs_only_for_handlers_not_annotated_with_a_response_class(
+    run, framework, annotation, returns, recorder
+):
+    app = route_background_app(framework_module(framework), recorder, annotation, returns)
+
+    responses = run(get(app, times=2))
+
+    assert [(r.status_code, r.json()) for r in responses] == [(200, {"ok": True})] * 2
+    assert recorder.names() == expected_route_background(framework, annotation, returns) * 2
+
+
+@pytest.mark.parametrize("framework", ROUTE_FRAMEWORKS)
+def test_original_readme_example_never_runs_the_route_background(run, framework, recorder):
+    # backgrounder 0.2.0's README, word for word but for the recorder.
+    fw = framework_module(framework)
+    tasks = Tasks([Task(recorder.sync, "a"), Task(recorder.sync, "b")], as_group=True)
+
+    @fw.get(background=tasks)
+    async def home() -> fw.Response:
+        return fw.Response("Task started", media_type="text/plain")
+
+    app = app_of(fw, home)
+
+    [response] = run(get(recording_sent(app, recorder)))
+
+    assert (response.status_code, response.text) == (200, "Task started")
+    assert recorder.names() == [SENT]
+
+
+@pytest.mark.parametrize("framework", ROUTE_FRAMEWORKS)
+def test_the_forms_the_page_gives_instead_run_the_tasks(run, framework, recorder):
+    # docs/esmerald.md, under the warning about the example above.
+    fw = framework_module(framework)
+    tasks = Tasks([Task(recorder.sync, "a"), Task(recorder.sync, "b")], as_group=True)
+
+    @fw.get()
+    async def on_response() -> fw.Response:
+        return fw.Response("Task started", media_type="text/plain", background=tasks)
+
+    @fw.get(background=tasks)
+    async def on_route() -> dict:
+        return {"status": "Task started"}
+
+    for handler in (on_response, on_route):
+        recorder.events.clear()
+
+        [response] = run(get(recording_sent(app_of(fw, handler), recorder)))
+
+        assert response.status_code == 200
+        assert recorder.names()[0] == SENT
+        assert sorted(recorder.names()[1:]) == ["a", "b"]
+
+
+@pytest.mark.parametrize("framework", ROUTE_FRAMEWORKS)
+def test_data_containers_refuse_a_backgrounder_task(framework):
+    # JSON, File, Redirect, Stream and Template check `background` with
+    # pydantic: only Lilya's own Task and Tasks pass.
+    fw = framework_module(framework)
+
+    with pytest.raises(Exception, match="Input should be an instance of") as excinfo:
+        fw.JSON(content={"ok": True}, background=Task(print))
+
+    assert type(excinfo.value).__name__ == "ValidationError"
 
 
 def test_fastapi_background_tasks_dependency_runs_a_task_added_to_it(run, recorder):
@@ -557,6 +748,107 @@ def test_lilya_tasks_as_group_run_backgrounder_tasks(run, recorder):
 
     assert recorder.names()[0] == SENT
     assert sorted(recorder.names()[1:]) == ["left", "right"]
+
+
+# -- a failing Task under a real server (uvicorn) -------------------------
+
+FAILING_APPS = {
+    "starlette": """
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+async def endpoint(request):
+    return PlainTextResponse("ok", background=Task(fail))
+app = Starlette(routes=[Route("/", endpoint)])
+""",
+    "fastapi": """
+from fastapi import FastAPI
+from fastapi.responses import PlainTextResponse
+app = FastAPI()
+@app.get("/")
+async def endpoint() -> PlainTextResponse:
+    return PlainTextResponse("ok", background=Task(fail))
+""",
+    "lilya": """
+from lilya.apps import Lilya
+from lilya.responses import PlainText
+from lilya.routing import Path
+async def endpoint():
+    return PlainText("ok", background=Task(fail))
+app = Lilya(routes=[Path("/", endpoint)])
+""",
+    "ravyn": """
+from ravyn import Gateway, Ravyn, Response, get
+@get("/")
+async def endpoint() -> Response:
+    return Response("ok", media_type="text/plain", background=Task(fail))
+app = Ravyn(routes=[Gateway(handler=endpoint)])
+""",
+    "esmerald": """
+from esmerald import Esmerald, Gateway, Response, get
+@get("/")
+async def endpoint() -> Response:
+    return Response("ok", media_type="text/plain", background=Task(fail))
+app = Esmerald(routes=[Gateway(handler=endpoint)])
+""",
+}
+UNEXPECTED_START = "RuntimeError: Unexpected ASGI message 'http.response.start' sent"
+
+
+@pytest.mark.parametrize(
+    "framework",
+    [
+        "starlette",
+        "fastapi",
+        "lilya",
+        pytest.param("ravyn", marks=needs("ravyn")),
+        pytest.param("esmerald", marks=needs("esmerald")),
+    ],
+)
+def test_uvicorn_logs_a_failing_task_once_or_with_a_second_response_error(
+    framework, tmp_path
+):
+    # The failing task's error is logged by uvicorn ("Exception in ASGI
+    # application"). Ravyn's and Esmerald's exception middleware then try to
+    # send a 500 response after the response was sent, and uvicorn refuses
+    # it with a RuntimeError, the task's error chained as its context: theirs,
+    # not backgrounder's (docs/esmerald.md).
+    source = "from backgrounder import Task\ndef fail():\n    raise ValueError('task failed')\n"
+    (tmp_path / "failing_app.py").write_text(source + FAILING_APPS[framework])
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-I", "-m", "uvicorn", "failing_app:app", "--port", str(port)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, "uvicorn did not start"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as response:
+                    body = response.read()
+                break
+            except OSError:
+                time.sleep(0.05)
+        # The task runs after the response; at SIGINT uvicorn waits for the
+        # requests in flight, background included, before it exits.
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+    assert body == b"ok"
+    assert err.count("Exception in ASGI application") == 1, err
+    assert "ValueError: task failed" in err, err
+    assert (UNEXPECTED_START in err) == (framework in ("ravyn", "esmerald")), err
 
 
 # -- a Task started in an anyio task group -------------------------------

@@ -1,14 +1,20 @@
-"""FastAPI: a Task as a response's background, or added to BackgroundTasks.
+"""FastAPI: a Task as a response's background, or added to BackgroundTasks;
+an async @background call on the server's loop, and the drain at shutdown.
 
 Run it with any ASGI server, for example ``uvicorn fastapi_app:app``.
 """
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import BackgroundTasks, FastAPI
 from fastapi.responses import JSONResponse
 
-from backgrounder import Task
+import backgrounder
+from backgrounder import Task, background
 
-OUTBOX: list[str] = []  # stands in for a mail server
+OUTBOX: list[str] = []  # stands in for a mail server, a warehouse, a report store
 
 
 def send_receipt(order_id: int, email: str) -> None:
@@ -21,7 +27,25 @@ async def notify_warehouse(order_id: int) -> None:
     OUTBOX.append(f"warehouse told about order {order_id}")
 
 
-app = FastAPI()
+@background
+async def build_report(report_id: int) -> None:
+    """Async @background, called in a handler: runs on the server's loop."""
+    await asyncio.sleep(1)
+    OUTBOX.append(f"report {report_id} built")
+
+
+# --8<-- [start:lifespan]
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    yield
+    # At Ctrl-C the server stops serving, then runs this. Without it, an
+    # async @background call still running on the server's loop would be
+    # cancelled when the loop closes.
+    await backgrounder.drain(timeout=None)
+# --8<-- [end:lifespan]
+
+
+app = FastAPI(lifespan=lifespan)
 
 
 @app.post("/orders/{order_id}")
@@ -39,3 +63,15 @@ async def ship_order(order_id: int, background_tasks: BackgroundTasks) -> dict:
     # Task counts as an async callable. Pass it with no extra arguments.
     background_tasks.add_task(Task(notify_warehouse, order_id))
     return {"order": order_id, "status": "shipping"}
+
+
+@app.post("/reports/{report_id}", status_code=202)
+async def request_report(report_id: int) -> dict:
+    build_report(report_id)  # returns a handle at once
+    return {"report": report_id, "status": "building"}
+
+
+@app.get("/outbox")
+async def outbox() -> dict:
+    """What the background work did so far."""
+    return {"outbox": OUTBOX}
