@@ -18,6 +18,7 @@ here, and that every include names an existing file and section.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import logging
 import os
@@ -25,6 +26,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import ModuleType
@@ -52,10 +54,14 @@ def load_example(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     dont_write = sys.dont_write_bytecode
     sys.dont_write_bytecode = True
+    # Registered while it runs, as an import would: taskiq's @broker.task
+    # looks the module up in sys.modules.
+    sys.modules[spec.name] = module
     try:
         spec.loader.exec_module(module)
     finally:
         sys.dont_write_bytecode = dont_write
+        del sys.modules[spec.name]
     return module
 
 
@@ -247,6 +253,49 @@ def test_lilya_publish_answers_then_runs_the_tasks_in_order(client_for):
     assert outbox.texts() == [SENT, "cache purged: article:5", "article 5 reindexed"]
     assert_sync_on_pool(outbox, "cache purged: article:5")
     assert_async_on_loop(outbox, "article 5 reindexed")
+
+
+# -- taskiq on backgrounder (docs/scale-out.md) ---------------------------------
+
+
+def test_taskiq_app_runs_its_tasks_on_backgrounder_and_drains_them_at_shutdown(
+    loop_factory, monkeypatch
+):
+    pytest.importorskip("taskiq")
+    from fastapi.testclient import TestClient
+
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    module = load_example("taskiq_app")
+    from backgrounder.taskiq import BackgrounderBroker
+
+    assert isinstance(module.broker, BackgrounderBroker)
+    client = TestClient(module.app, backend="asyncio", backend_options={"loop_factory": loop_factory})
+
+    def status(task_id: str) -> dict:
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            body = client.get(f"/tasks/{task_id}").json()
+            if body["ready"] or time.monotonic() > deadline:
+                return body
+            time.sleep(0.01)
+
+    with client:  # runs the lifespan: broker.startup() ... broker.shutdown()
+        photo = client.post("/photos/cat.png")
+        signup = client.post("/signup", params={"email": "ada@example.com"}).json()
+        good = client.post("/orders/1/charge", params={"cents": 250}).json()
+        bad = client.post("/orders/2/charge", params={"cents": 0}).json()
+        statuses = [status(t["task_id"]) for t in (signup, good, bad)]
+        late = client.post("/signup", params={"email": "bob@example.com"}).json()
+    # Leaving the block ran broker.shutdown(), which waited for the last task.
+    late_ready = asyncio.run(module.broker.result_backend.is_result_ready(late["task_id"]))
+
+    assert (photo.status_code, photo.json()) == (200, {"thumbnail": "cat.256.png"})
+    assert statuses == [
+        {"ready": True, "value": {"to": "ada@example.com", "sent": True}},
+        {"ready": True, "value": {"order": 1, "charged": 250}},
+        {"ready": True, "error": "ValueError('order 2: cannot charge 0 cents')"},
+    ]
+    assert late_ready is True
 
 
 # -- the scripts, each in its own interpreter ----------------------------------
