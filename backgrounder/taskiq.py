@@ -37,11 +37,12 @@ taskiq-nats) later by changing only the broker::
   logger with its traceback.
 
 Nothing is persisted and nothing leaves the process: ``taskiq worker`` does
-not apply (``listen()`` raises).  Arguments and return values are not
-serialized on the way (taskiq's receiver still casts arguments to the
-annotated types), so a task that works here may still fail on a broker with
-a server if its arguments do not survive the serializer: see
-docs/scale-out.md.
+not apply (``listen()`` raises).  Arguments go through the broker's
+serializer (JSON by default) as they would on the way to a server, so an
+argument that cannot be sent fails at ``kiq()`` here too.  Return values do
+not: the result holds the object the task returned, where a result backend
+with a server hands back its serialized form (a tuple comes back as a list).
+See docs/scale-out.md.
 """
 
 from __future__ import annotations

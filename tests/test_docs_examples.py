@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import logging
 import os
 import re
@@ -375,7 +376,7 @@ def test_django_app_views_start_background_work_and_the_task_backend_runs_tasks(
         "{'order': 2, 'status': 'cancelled'}",
     ]
     # The status at enqueue depends on how far the task got meanwhile.
-    assert re.fullmatch(r"\{'task': '\w+', 'status': '(READY|RUNNING|SUCCESSFUL)'\}", lines[2])
+    assert re.fullmatch(r"\{'task': '[\w-]+', 'status': '(READY|RUNNING|SUCCESSFUL)'\}", lines[2])
     assert lines[3:] == [
         "newsletter 7 sent",
         "receipt for order 1",
@@ -383,6 +384,53 @@ def test_django_app_views_start_background_work_and_the_task_backend_runs_tasks(
         "warehouse told about order 1",
         "{'status': 'SUCCESSFUL', 'value': {'issue': 7, 'recipients': 3}}",
     ]
+
+
+def run_example_package(
+    name: str, tmp_path: Any, unset: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    """`python -W error -m <name>` for a package in docs/examples, away from the
+    source tree, without the environment variables named in `unset`."""
+    env = {k: v for k, v in os.environ.items() if k not in unset}
+    return subprocess.run(
+        [sys.executable, "-W", "error", "-m", name],
+        check=False,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env={**env, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": EXAMPLES},
+    )
+
+
+def test_scaleout_django_runs_its_tasks_on_backgrounder_and_reads_their_results(tmp_path):
+    pytest.importorskip("django")
+    if importlib.util.find_spec("django.tasks") is None:
+        pytest.importorskip("django_tasks")
+    settings = ("PGDATABASE", "TASKS_BACKEND", "DJANGO_SETTINGS_MODULE")
+
+    proc = run_example_package("scaleout_django", tmp_path, unset=settings)
+
+    assert proc.returncode == 0, describe(proc)
+    out = json.loads(proc.stdout)
+    assert out["results"] == {
+        "welcome": {"status": "SUCCESSFUL", "value": "welcome mail to ada@example.com"},
+        "invoice": {"status": "SUCCESSFUL", "value": {"order": 1, "total": "25.00"}},
+        "refused": {"status": "FAILED", "error": "ValueError: order 2: cannot charge 0 cents"},
+        "charged": {"status": "SUCCESSFUL", "value": 990},
+        "later": {"status": "SUCCESSFUL", "value": "later"},
+        "busy": {"status": "SUCCESSFUL", "value": "report rebuilt"},
+        "low": {"status": "SUCCESSFUL", "value": "low"},
+        "high": {"status": "SUCCESSFUL", "value": "high"},
+    }
+    assert out["later waited for run_after"] is True
+    assert out["started first"] == "high"
+    # One attempt each, all by this process's backend.
+    assert len({tuple(ids) for ids in out["runs"].values()}) == 1
+    assert all(len(ids) == 1 for ids in out["runs"].values())
+    # The one failure is logged by Django's task framework, and nothing else.
+    assert proc.stderr.count("Traceback (most recent call last)") == 1, proc.stderr
+    assert "ValueError: order 2: cannot charge 0 cents" in proc.stderr
 
 
 # -- the pages and the examples agree ------------------------------------------
@@ -401,7 +449,12 @@ def includes() -> list[tuple[str, str, str | None]]:
 
 
 def example_names() -> list[str]:
-    return sorted(f[:-3] for f in os.listdir(EXAMPLES) if f.endswith(".py"))
+    """Example files, and example packages (folders with an __init__.py)."""
+    names = [f[:-3] for f in os.listdir(EXAMPLES) if f.endswith(".py")]
+    names += [
+        f for f in os.listdir(EXAMPLES) if os.path.isfile(os.path.join(EXAMPLES, f, "__init__.py"))
+    ]
+    return sorted(names)
 
 
 def test_every_include_names_an_existing_example_and_section():
@@ -417,10 +470,13 @@ def test_every_include_names_an_existing_example_and_section():
 
 
 def test_every_example_is_included_by_a_page_and_tested_here():
-    included = {file[:-3] for _, file, _ in includes()}
+    included = {file.split("/")[0].removesuffix(".py") for _, file, _ in includes()}
     with open(__file__) as f:
         this_file = f.read()
     for name in example_names():
-        assert name in included, f"docs/examples/{name}.py is in no page"
-        loaded = f'load_example("{name}")' in this_file or f'run_example("{name}"' in this_file
-        assert loaded, f"docs/examples/{name}.py is not tested"
+        assert name in included, f"docs/examples/{name} is in no page"
+        loaded = any(
+            f'{runner}("{name}"' in this_file
+            for runner in ("load_example", "run_example", "run_example_package")
+        )
+        assert loaded, f"docs/examples/{name} is not tested"

@@ -196,6 +196,42 @@ def test_many_sync_and_async_tasks_each_run_once_with_their_result(run):
     assert sorted(calls) == sorted([("square", n) for n in range(200)] + [("negate", n) for n in range(200)])
 
 
+def test_arguments_go_through_the_serializer_as_they_would_to_a_server(run):
+    broker = BackgrounderBroker()
+
+    @broker.task
+    def echo(x: Any) -> Any:
+        return x
+
+    async def main():
+        with pytest.raises(SendTaskError) as info:
+            await echo.kiq(object())
+        result = await wait_result(await echo.kiq((1, 2)))
+        await broker.shutdown()
+        return info.value.__cause__, result.return_value
+
+    cause, echoed = run(main())
+
+    assert "object" in str(cause)  # the serializer refused it, at kiq()
+    assert echoed == [1, 2]  # a tuple argument arrives as JSON's list
+
+
+def test_a_return_value_is_kept_as_the_object_the_task_returned(run):
+    broker = BackgrounderBroker()
+    sentinel = object()
+
+    @broker.task
+    def give() -> Any:
+        return (1, sentinel)
+
+    async def main():
+        result = await wait_result(await give.kiq())
+        await broker.shutdown()
+        return result.return_value
+
+    assert run(main()) == (1, sentinel)
+
+
 # -- errors ---------------------------------------------------------------------
 
 
