@@ -42,6 +42,13 @@ waiting for ``run_after`` or for a free ``MAX_RUNNING`` slot are dropped).
   Django's ``TestCase`` never commits: use ``captureOnCommitCallbacks`` there.
 - ``run_after`` is supported: a deferred task waits on one scheduler thread
   (started only while deferred tasks exist) and then joins the queue.
+
+Where it differs from a database or queue backend: Django lets any process
+read a result by its id; here only the process that enqueued the task can.
+Result ids carry a prefix of the process that made them, and
+``get_result()`` of an id from another process (another web worker, this
+process before a restart or a fork) raises ``ResultInAnotherProcess``, a
+``TaskResultDoesNotExist`` that says so, instead of a bare "does not exist".
 """
 
 import asyncio
