@@ -88,4 +88,4 @@ fi
     | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 export BACKGROUNDER_SCALEOUT=1
 PYTHON="$PYTHON" VENV="$VENV" TYPING=0 timeout --signal=INT --kill-after=30 "$LIMIT" \
-    bash scripts/test.sh tests/test_scaleout.py -m scaleout -p no:cacheprovider --durations=0 "$@"
+    bash scripts/test.sh tests/test_scaleout.py -m scaleout -p no:cacheprovider -rP --durations=0 "$@"

@@ -53,7 +53,8 @@ def describe(proc: subprocess.CompletedProcess[str]) -> str:
 
 def start(args: list[str], env: dict[str, str], log_path: str) -> subprocess.Popen[bytes]:
     log = open(log_path, "wb")  # noqa: SIM115 - closed by stop()
-    proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
+    cwd = os.path.dirname(log_path)
+    proc = subprocess.Popen(args, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
     proc.log = log  # type: ignore[attr-defined]
     return proc
 
@@ -121,12 +122,12 @@ def django_admin(env: dict[str, str], *args: str) -> list[str]:
     return [sys.executable, "-m", "django", *args]
 
 
-def run_django_calls(env: dict[str, str]) -> dict[str, Any]:
+def run_django_calls(env: dict[str, str], cwd: Any) -> dict[str, Any]:
     start_time = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-m", "scaleout_django"],
         env=env,
-        cwd=os.path.dirname(HERE),
+        cwd=cwd,  # not the source tree, which would shadow the installed package
         capture_output=True,
         text=True,
         timeout=RUN_TIMEOUT,
@@ -143,7 +144,7 @@ def db_rows(database: str) -> Counter[tuple[str, str]]:
 
     with psycopg.connect(dbname=database) as conn:
         rows = conn.execute(
-            "SELECT task_path, status FROM django_tasks_db_dbtaskresult"
+            "SELECT task_path, status FROM django_tasks_database_dbtaskresult"
         ).fetchall()
     return Counter((path.rsplit(".", 1)[1], status) for path, status in rows)
 
@@ -152,13 +153,14 @@ def test_django_tasks_run_unchanged_on_backgrounder_and_on_a_db_worker_with_post
     database, tmp_path
 ):
     # 1. In process: BackgrounderBackend (the database is configured, unused).
-    here = run_django_calls(django_env("backgrounder", database))
+    here = run_django_calls(django_env("backgrounder", database), tmp_path)
 
     # 2. Many processes: django-tasks-db, the same database server, a db_worker.
     env = django_env("database", database)
     migrate = subprocess.run(
         django_admin(env, "migrate", "--verbosity", "0"),
         env=env,
+        cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=RUN_TIMEOUT,
@@ -175,7 +177,7 @@ def test_django_tasks_run_unchanged_on_backgrounder_and_on_a_db_worker_with_post
         log,
     )
     try:
-        there = run_django_calls(env)
+        there = run_django_calls(env, tmp_path)
         assert worker.poll() is None, tail(log)  # the worker ran throughout
     finally:
         returncode = stop(worker)
@@ -206,7 +208,7 @@ def test_django_tasks_run_unchanged_on_backgrounder_and_on_a_db_worker_with_post
     print(f"\nDjango swap: backgrounder {here['seconds']:.2f}s, db_worker {there['seconds']:.2f}s")
 
 
-def test_a_backgrounder_result_id_read_by_another_process_raises_a_clear_error(database):
+def test_a_backgrounder_result_id_read_by_another_process_raises_a_clear_error(database, tmp_path):
     """What a db_worker setup allows, and BackgrounderBackend refuses loudly."""
     code = (
         "import django, json, sys; django.setup()\n"
@@ -223,8 +225,8 @@ def test_a_backgrounder_result_id_read_by_another_process_raises_a_clear_error(d
 
     def call(*args: str) -> str:
         proc = subprocess.run(
-            [sys.executable, "-c", code, *args], env=env, capture_output=True, text=True,
-            timeout=RUN_TIMEOUT, check=False,
+            [sys.executable, "-c", code, *args], env=env, cwd=tmp_path, capture_output=True,
+            text=True, timeout=RUN_TIMEOUT, check=False,
         )
         assert proc.returncode == 0, describe(proc)
         return proc.stdout.strip()
@@ -253,12 +255,12 @@ def taskiq_env(record: str, redis_url: str | None) -> dict[str, str]:
     return env
 
 
-def run_taskiq_driver(env: dict[str, str]) -> dict[str, Any]:
+def run_taskiq_driver(env: dict[str, str], cwd: Any) -> dict[str, Any]:
     start_time = time.monotonic()
     proc = subprocess.run(
         [sys.executable, os.path.join(RECORDING, "taskiq_driver.py"), str(N)],
         env=env,
-        cwd=os.path.dirname(HERE),
+        cwd=cwd,  # not the source tree, which would shadow the installed package
         capture_output=True,
         text=True,
         timeout=RUN_TIMEOUT,
@@ -306,7 +308,7 @@ def test_taskiq_app_runs_unchanged_on_backgrounder_and_on_redis_with_a_taskiq_wo
 
     # 1. In process: BackgrounderBroker.
     here_record = str(tmp_path / "here.jsonl")
-    here = run_taskiq_driver(taskiq_env(here_record, None))
+    here = run_taskiq_driver(taskiq_env(here_record, None), tmp_path)
 
     # 2. Many processes: taskiq-redis, a `taskiq worker` with two worker processes.
     there_record = str(tmp_path / "there.jsonl")
@@ -318,7 +320,7 @@ def test_taskiq_app_runs_unchanged_on_backgrounder_and_on_redis_with_a_taskiq_wo
         log,
     )
     try:
-        there = run_taskiq_driver(env)
+        there = run_taskiq_driver(env, tmp_path)
         assert worker.poll() is None, tail(log)
     finally:
         stop(worker)
