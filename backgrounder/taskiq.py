@@ -31,6 +31,8 @@ taskiq-nats) later by changing only the broker::
   and its result is stored, tasks kicked meanwhile included, then runs
   taskiq's shutdown events.  Afterwards ``kiq()`` raises
   ``taskiq.exceptions.SendTaskError`` until ``startup()`` is called again.
+  Call it before the event loop ends: a task still running when its loop
+  closes is cancelled, and taskiq's receiver logs that.
 - Errors are never silent: a task's exception is stored in its result
   (``is_err``) and logged by taskiq's receiver; a failure outside the task
   (a middleware, the result backend) is logged on the ``backgrounder``
