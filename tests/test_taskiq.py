@@ -564,3 +564,33 @@ def test_importing_backgrounder_imports_neither_taskiq_nor_django():
 
     assert (proc.returncode, proc.stderr) == (0, ""), proc.stderr
     assert proc.stdout.splitlines() == ["[]", "True False"]
+
+
+def test_a_task_still_running_when_its_loop_ends_is_cancelled_and_logged(loop_factory, caplog):
+    from conftest import run_on
+
+    broker = BackgrounderBroker()
+
+    @broker.task
+    async def long() -> None:
+        await asyncio.sleep(WAIT)
+
+    async def kick_and_leave():
+        task = await long.kiq()
+        await asyncio.sleep(0.01)  # it runs
+        return task
+
+    with caplog.at_level(logging.ERROR):
+        task = run_on(loop_factory, kick_and_leave())  # the loop ends here
+
+    async def read():
+        await broker.shutdown()  # nothing left to wait for
+        return await task.get_result()
+
+    result = run_on(loop_factory, read())
+
+    assert broker.in_flight == 0
+    assert result.is_err and isinstance(result.error, asyncio.CancelledError)
+    assert any(
+        isinstance(r.exc_info[1], asyncio.CancelledError) for r in caplog.records if r.exc_info
+    ), caplog.text
