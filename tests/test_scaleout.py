@@ -119,7 +119,8 @@ def django_env(backend: str, database: str) -> dict[str, str]:
     }
 
 
-def django_admin(env: dict[str, str], *args: str) -> list[str]:
+def django_admin(*args: str) -> list[str]:
+    """`django-admin <args>` of this interpreter (settings from the environment)."""
     return [sys.executable, "-m", "django", *args]
 
 
@@ -159,7 +160,7 @@ def test_django_tasks_run_unchanged_on_backgrounder_and_on_a_db_worker_with_post
     # 2. Many processes: django-tasks-db, the same database server, a db_worker.
     env = django_env("database", database)
     migrate = subprocess.run(
-        django_admin(env, "migrate", "--verbosity", "0"),
+        django_admin("migrate", "--verbosity", "0"),
         env=env,
         cwd=tmp_path,
         capture_output=True,
@@ -171,7 +172,7 @@ def test_django_tasks_run_unchanged_on_backgrounder_and_on_a_db_worker_with_post
     log = str(tmp_path / "db_worker.log")
     worker = start(
         django_admin(
-            env, "db_worker", "--worker-id", "swap-worker", "--interval", "0.05",
+            "db_worker", "--worker-id", "swap-worker", "--interval", "0.05",
             "--no-startup-delay", "--no-reload",
         ),
         env,
