@@ -287,8 +287,9 @@ def test_taskiq_app_runs_its_tasks_on_backgrounder_and_drains_them_at_shutdown(
         bad = client.post("/orders/2/charge", params={"cents": 0}).json()
         statuses = [status(t["task_id"]) for t in (signup, good, bad)]
         late = client.post("/signup", params={"email": "bob@example.com"}).json()
-    # Leaving the block ran broker.shutdown(), which waited for the last task.
-    late_ready = asyncio.run(module.broker.result_backend.is_result_ready(late["task_id"]))
+    # Leaving the block ran broker.shutdown(), which waited for the last task
+    # (had it not, the loop's end would have cancelled it).
+    late_result = asyncio.run(module.broker.result_backend.get_result(late["task_id"]))
 
     assert (photo.status_code, photo.json()) == (200, {"thumbnail": "cat.256.png"})
     assert statuses == [
@@ -296,7 +297,8 @@ def test_taskiq_app_runs_its_tasks_on_backgrounder_and_drains_them_at_shutdown(
         {"ready": True, "value": {"order": 1, "charged": 250}},
         {"ready": True, "error": "ValueError('order 2: cannot charge 0 cents')"},
     ]
-    assert late_ready is True
+    assert not late_result.is_err, late_result.error
+    assert late_result.return_value == {"to": "bob@example.com", "sent": True}
 
 
 # -- the scripts, each in its own interpreter ----------------------------------
