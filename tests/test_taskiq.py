@@ -22,7 +22,7 @@ import pytest
 
 pytest.importorskip("taskiq")
 
-from taskiq import TaskiqEvents, TaskiqMiddleware  # noqa: E402
+from taskiq import Context, TaskiqDepends, TaskiqEvents, TaskiqMiddleware  # noqa: E402
 from taskiq.exceptions import SendTaskError, TaskiqResultTimeoutError  # noqa: E402
 
 from backgrounder.taskiq import BackgrounderBroker  # noqa: E402
@@ -230,6 +230,31 @@ def test_a_return_value_is_kept_as_the_object_the_task_returned(run):
         return result.return_value
 
     assert run(main()) == (1, sentinel)
+
+
+def test_dependencies_and_the_task_context_are_injected_as_in_a_worker(run):
+    broker = BackgrounderBroker()
+    closed: list[str] = []
+
+    def connection() -> Any:
+        yield "conn"  # a generator dependency: cleaned up after the task
+        closed.append("conn")
+
+    @broker.task(task_name="injected")
+    async def injected(
+        n: int,
+        context: Context = TaskiqDepends(),
+        conn: str = TaskiqDepends(connection),
+    ) -> list:
+        return [n, context.message.task_name, conn, context.broker is broker]
+
+    async def main():
+        result = await wait_result(await injected.kiq(5))
+        await broker.shutdown()
+        return result.return_value
+
+    assert run(main()) == [5, "injected", "conn", True]
+    assert closed == ["conn"]
 
 
 # -- errors ---------------------------------------------------------------------
