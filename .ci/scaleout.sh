@@ -33,6 +33,14 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v redis-s
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends postgresql redis-server >/dev/null
+    # Where the packages' scripts started their default servers, stop them:
+    # this script runs servers of its own, and leaves none behind.
+    if command -v pg_lsclusters >/dev/null; then
+        pg_lsclusters --no-header | awk '$4 == "online" {print $1, $2}' | while read -r v c; do
+            pg_ctlcluster "$v" "$c" stop || true
+        done
+    fi
+    redis-cli -p 6379 shutdown nosave >/dev/null 2>&1 || true
 fi
 PGBIN=$(dirname "$(ls -d /usr/lib/postgresql/*/bin/initdb | sort -V | tail -n 1)")
 
