@@ -42,12 +42,20 @@ waiting for ``run_after`` or for a free ``MAX_RUNNING`` slot are dropped).
   Django's ``TestCase`` never commits: use ``captureOnCommitCallbacks`` there.
 - ``run_after`` is supported: a deferred task waits on one scheduler thread
   (started only while deferred tasks exist) and then joins the queue.
+
+Where it differs from a database or queue backend: Django lets any process
+read a result by its id; here only the process that enqueued the task can.
+Result ids carry a prefix of the process that made them, and
+``get_result()`` of an id from another process (another web worker, this
+process before a restart or a fork) raises ``ResultInAnotherProcess``, a
+``TaskResultDoesNotExist`` that says so, instead of a bare "does not exist".
 """
 
 import asyncio
 import heapq
 import itertools
 import os
+import re
 import threading
 import time
 import traceback
@@ -81,7 +89,7 @@ except ImportError:  # Django < 6.0: the django-tasks backport
 
 from backgrounder import background
 
-__all__ = ["BackgrounderBackend"]
+__all__ = ["BackgrounderBackend", "ResultInAnotherProcess"]
 
 DEFAULT_MAX_RUNNING = 20
 DEFAULT_MAX_RESULTS = 1000
@@ -126,6 +134,25 @@ class _Record:
         self.return_value = None
 
 
+class ResultInAnotherProcess(TaskResultDoesNotExist):
+    """``get_result()`` of an id that another process enqueued.
+
+    Django's contract lets any process read a result by its id; this backend
+    keeps results in the memory of the process that enqueued the task, so it
+    cannot.  Raised instead of a plain ``TaskResultDoesNotExist`` when the id
+    has this backend's form but another process's prefix (another worker of
+    the server, a management command, this process before a restart, the
+    parent before a fork).  A subclass, so code that catches
+    ``TaskResultDoesNotExist`` still does.
+    """
+
+
+# A result id: the enqueuing process's prefix, "-", then a random part.
+_ID_PREFIX_LENGTH = 12
+_ID_RANDOM_LENGTH = 20
+_RESULT_ID = re.compile(rf"([A-Za-z0-9]{{{_ID_PREFIX_LENGTH}}})-[A-Za-z0-9]{{{_ID_RANDOM_LENGTH}}}")
+
+
 def _task_error(exc):
     kind = type(exc)
     return TaskError(
@@ -155,6 +182,7 @@ class _Queue:
         self.max_running = max_running
         self.max_results = max_results
         self.worker_id = get_random_string(32)
+        self.id_prefix = get_random_string(_ID_PREFIX_LENGTH)
         self.lock = threading.Lock()
         self.wakeup = threading.Condition(self.lock)
         self.results = {}  # id -> _Record, every result still kept
@@ -202,12 +230,25 @@ class _Queue:
         object.__setattr__(result, "_return_value", rec.return_value)
         return result
 
+    def new_id(self):
+        return f"{self.id_prefix}-{get_random_string(_ID_RANDOM_LENGTH)}"
+
     def get(self, result_id):
         with self.lock:
             rec = self.results.get(result_id)
-            if rec is None:
-                raise TaskResultDoesNotExist(result_id)
-            return self._snapshot(rec)
+            if rec is not None:
+                return self._snapshot(rec)
+            prefix = self.id_prefix
+        match = _RESULT_ID.fullmatch(result_id) if isinstance(result_id, str) else None
+        if match is not None and match[1] != prefix:
+            raise ResultInAnotherProcess(
+                f"task result {result_id!r} was enqueued by another process (or by "
+                "this one before a restart or a fork): BackgrounderBackend keeps "
+                "results in the memory of the process that enqueued the task, and "
+                "only that process can read them. To read results from any process, "
+                "use a backend that stores them, such as django_tasks_db.DatabaseBackend."
+            )
+        raise TaskResultDoesNotExist(result_id)
 
     # -- the lifecycle -----------------------------------------------------
 
@@ -348,6 +389,7 @@ class _Queue:
         self.scheduler = None
         self.pumping = threading.local()
         self.worker_id = get_random_string(32)
+        self.id_prefix = get_random_string(_ID_PREFIX_LENGTH)
 
 
 def _call_args(rec, snapshot):
@@ -477,9 +519,10 @@ class BackgrounderBackend(BaseTaskBackend):
     def enqueue(self, task, args, kwargs):
         self.validate_task(task)
         # Building the result checks that args and kwargs are JSON-serializable.
+        queue = self._queue
         initial = TaskResult(
             task=task,
-            id=get_random_string(32),
+            id=queue.new_id(),
             status=READY,
             enqueued_at=None,
             started_at=None,
@@ -492,7 +535,6 @@ class BackgrounderBackend(BaseTaskBackend):
             worker_ids=[],
         )
         rec = _Record(task, initial.id, initial.args, initial.kwargs)
-        queue = self._queue
         awaits_commit = self._awaits_commit()
         queue.add(rec, awaiting_commit=awaits_commit)
         if awaits_commit:

@@ -700,3 +700,60 @@ def test_task_running_at_exit_finishes_before_the_process_ends():
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["exiting", "finished"]
+
+
+# -- results live in the enqueuing process (docs/django.md) --------------------------
+
+
+def test_get_result_of_an_id_from_another_process_raises_a_clear_error(api, tasks):
+    out = run_script(
+        """
+        result = tasks.add.enqueue(2, 3)
+        print(result.id)
+        """
+    )
+    assert out.returncode == 0, out.stderr
+    foreign_id = out.stdout.strip()
+    from backgrounder.django import ResultInAnotherProcess
+
+    with pytest.raises(ResultInAnotherProcess) as info:
+        api.default_task_backend.get_result(foreign_id)
+    with pytest.raises(api.DoesNotExist):  # still caught as "does not exist"
+        tasks.add.get_result(foreign_id)
+
+    message = str(info.value)
+    assert repr(foreign_id) in message
+    assert "another process" in message
+    assert "django_tasks_db.DatabaseBackend" in message
+
+
+def test_aget_result_of_an_id_from_another_process_raises_the_same_error(api, tasks):
+    out = run_script("print(tasks.add.enqueue(2, 3).id)")
+    assert out.returncode == 0, out.stderr
+    from backgrounder.django import ResultInAnotherProcess
+
+    with pytest.raises(ResultInAnotherProcess):
+        asyncio.run(api.default_task_backend.aget_result(out.stdout.strip()))
+
+
+def test_an_evicted_or_unknown_id_is_plainly_missing_not_in_another_process(api, tasks):
+    from backgrounder.django import ResultInAnotherProcess
+
+    with backend_settings(MAX_RESULTS=1):
+        evicted = wait_finished(tasks.add.enqueue(1, 1)).id
+        wait_finished(tasks.add.enqueue(2, 2))
+        backend = api.task_backends["default"]
+        for result_id in (evicted, "no-such-id", "x" * 12 + "-" + "y" * 20, 42):
+            with pytest.raises(api.DoesNotExist) as info:
+                backend.get_result(result_id)
+            if result_id == evicted:
+                assert not isinstance(info.value, ResultInAnotherProcess)
+
+
+def test_result_ids_carry_this_process_prefix(api, tasks):
+    first = tasks.add.enqueue(1, 2).id
+    second = tasks.async_add.enqueue(1, 2).id
+
+    assert first != second
+    assert first.split("-")[0] == second.split("-")[0]
+    assert [len(part) for part in first.split("-")] == [12, 20]

@@ -22,6 +22,7 @@ here, and that every include names an existing file and section.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import logging
@@ -83,10 +84,14 @@ def load_example(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     dont_write = sys.dont_write_bytecode
     sys.dont_write_bytecode = True
+    # Registered while it runs, as an import would: taskiq's @broker.task
+    # looks the module up in sys.modules.
+    sys.modules[spec.name] = module
     try:
         spec.loader.exec_module(module)
     finally:
         sys.dont_write_bytecode = dont_write
+        del sys.modules[spec.name]
     return module
 
 
@@ -520,6 +525,51 @@ def test_uvicorn_ctrl_c_cancels_async_background_work_without_the_drain(name, tm
     assert re.search(r"build_report.*cancel", proc.stderr), describe(proc)
 
 
+# -- taskiq on backgrounder (docs/scale-out.md) ---------------------------------
+
+
+def test_taskiq_app_runs_its_tasks_on_backgrounder_and_drains_them_at_shutdown(
+    loop_factory, monkeypatch
+):
+    pytest.importorskip("taskiq")
+    from fastapi.testclient import TestClient
+
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    module = load_example("taskiq_app")
+    from backgrounder.taskiq import BackgrounderBroker
+
+    assert isinstance(module.broker, BackgrounderBroker)
+    client = TestClient(module.app, backend="asyncio", backend_options={"loop_factory": loop_factory})
+
+    def status(task_id: str) -> dict:
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            body = client.get(f"/tasks/{task_id}").json()
+            if body["ready"] or time.monotonic() > deadline:
+                return body
+            time.sleep(0.01)
+
+    with client:  # runs the lifespan: broker.startup() ... broker.shutdown()
+        photo = client.post("/photos/cat.png")
+        signup = client.post("/signup", params={"email": "ada@example.com"}).json()
+        good = client.post("/orders/1/charge", params={"cents": 250}).json()
+        bad = client.post("/orders/2/charge", params={"cents": 0}).json()
+        statuses = [status(t["task_id"]) for t in (signup, good, bad)]
+        late = client.post("/signup", params={"email": "bob@example.com"}).json()
+    # Leaving the block ran broker.shutdown(), which waited for the last task
+    # (had it not, the loop's end would have cancelled it).
+    late_result = asyncio.run(module.broker.result_backend.get_result(late["task_id"]))
+
+    assert (photo.status_code, photo.json()) == (200, {"thumbnail": "cat.256.png"})
+    assert statuses == [
+        {"ready": True, "value": {"to": "ada@example.com", "sent": True}},
+        {"ready": True, "value": {"order": 1, "charged": 250}},
+        {"ready": True, "error": "ValueError('order 2: cannot charge 0 cents')"},
+    ]
+    assert not late_result.is_err, late_result.error
+    assert late_result.return_value == {"to": "bob@example.com", "sent": True}
+
+
 # -- the scripts, each in its own interpreter ----------------------------------
 
 
@@ -597,7 +647,7 @@ def test_django_app_views_start_background_work_and_the_task_backend_runs_tasks(
         "{'order': 2, 'status': 'cancelled'}",
     ]
     # The status at enqueue depends on how far the task got meanwhile.
-    assert re.fullmatch(r"\{'task': '\w+', 'status': '(READY|RUNNING|SUCCESSFUL)'\}", lines[2])
+    assert re.fullmatch(r"\{'task': '[\w-]+', 'status': '(READY|RUNNING|SUCCESSFUL)'\}", lines[2])
     assert lines[3:] == [
         "newsletter 7 sent",
         "receipt for order 1",
@@ -661,6 +711,56 @@ def test_the_readme_demo_shows_a_failing_background_call_logged(tmp_path):
     assert "'failed': 1" in out
 
 
+def run_example_package(
+    name: str, tmp_path: Any, unset: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    """`python -W error -m <name>` for a package in docs/examples, away from the
+    source tree, without the environment variables named in `unset`."""
+    env = {k: v for k, v in os.environ.items() if k not in unset}
+    return subprocess.run(
+        [sys.executable, "-W", "error", "-m", name],
+        check=False,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env={**env, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": EXAMPLES},
+    )
+
+
+def test_scaleout_django_runs_its_tasks_on_backgrounder_and_reads_their_results(tmp_path):
+    pytest.importorskip("django")
+    if importlib.util.find_spec("django.tasks") is None:
+        pytest.importorskip("django_tasks")
+    settings = ("PGDATABASE", "TASKS_BACKEND", "DJANGO_SETTINGS_MODULE")
+
+    proc = run_example_package("scaleout_django", tmp_path, unset=settings)
+
+    assert proc.returncode == 0, describe(proc)
+    out = json.loads(proc.stdout)
+    assert out["results"] == {
+        "welcome": {"status": "SUCCESSFUL", "value": "welcome mail to ada@example.com"},
+        "invoice": {"status": "SUCCESSFUL", "value": {"order": 1, "total": "25.00"}},
+        "refused": {"status": "FAILED", "error": "ValueError: order 2: cannot charge 0 cents"},
+        "charged": {"status": "SUCCESSFUL", "value": 990},
+        "later": {"status": "SUCCESSFUL", "value": "later"},
+        "busy": {"status": "SUCCESSFUL", "value": "report rebuilt"},
+        "low": {"status": "SUCCESSFUL", "value": "low"},
+        "high": {"status": "SUCCESSFUL", "value": "high"},
+    }
+    assert out["later started early by (s)"] == 0.0
+    assert out["started first"] == "high"
+    # One attempt each, all by this process's backend.
+    assert len({tuple(ids) for ids in out["runs"].values()}) == 1
+    assert all(len(ids) == 1 for ids in out["runs"].values())
+    # Nothing reaches stderr but the one failure: the django-tasks backport's
+    # logger prints it there; Django 6 logs it on "django.tasks", which
+    # Django's default logging shows only with DEBUG = True.
+    if proc.stderr:
+        assert proc.stderr.count("Traceback (most recent call last)") == 1, proc.stderr
+        assert "ValueError: order 2: cannot charge 0 cents" in proc.stderr
+
+
 # -- the pages and the examples agree ------------------------------------------
 
 INCLUDE = re.compile(r'^\s*--8<--\s+"([^":]+)(?::([\w-]+))?"\s*$', re.MULTILINE)
@@ -677,7 +777,12 @@ def includes() -> list[tuple[str, str, str | None]]:
 
 
 def example_names() -> list[str]:
-    return sorted(f[:-3] for f in os.listdir(EXAMPLES) if f.endswith(".py"))
+    """Example files, and example packages (folders with an __init__.py)."""
+    names = [f[:-3] for f in os.listdir(EXAMPLES) if f.endswith(".py")]
+    names += [
+        f for f in os.listdir(EXAMPLES) if os.path.isfile(os.path.join(EXAMPLES, f, "__init__.py"))
+    ]
+    return sorted(names)
 
 
 def test_every_include_names_an_existing_example_and_section():
@@ -693,10 +798,13 @@ def test_every_include_names_an_existing_example_and_section():
 
 
 def test_every_example_is_included_by_a_page_and_tested_here():
-    included = {file[:-3] for _, file, _ in includes()}
+    included = {file.split("/")[0].removesuffix(".py") for _, file, _ in includes()}
     with open(__file__) as f:
         this_file = f.read()
     for name in example_names():
-        assert name in included, f"docs/examples/{name}.py is in no page"
-        loaded = f'load_example("{name}")' in this_file or f'run_example("{name}"' in this_file
-        assert loaded, f"docs/examples/{name}.py is not tested"
+        assert name in included, f"docs/examples/{name} is in no page"
+        loaded = any(
+            f'{runner}("{name}"' in this_file
+            for runner in ("load_example", "run_example", "run_example_package")
+        )
+        assert loaded, f"docs/examples/{name} is not tested"
