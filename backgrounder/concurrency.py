@@ -5,7 +5,6 @@ pool, an async one is awaited); the rest are thin wrappers over it.
 """
 
 import asyncio
-import inspect
 from collections.abc import Callable, Coroutine
 from concurrent import futures
 from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
@@ -59,22 +58,16 @@ class AsyncCallable(Generic[P, T]):
         self._callable: Callable[..., T] = func
         self.default_kwargs = kwargs
 
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[object, None, T]:
-        return run_in_threadpool(
+    # An `async def`, so that calling an AsyncCallable looks like calling an
+    # async function to Task, the frameworks and inspect: they await it
+    # rather than run it as a sync callable and drop what it returns.
+    async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> T:
+        return await run_in_threadpool(
             self._callable, *args, **{**self.default_kwargs, **kwargs}
         )
 
     async def run_in_threadpool(self, *args: P.args, **kwargs: P.kwargs) -> T:
         return await self(*args, **kwargs)
-
-
-# Calling an AsyncCallable gives an awaitable, as an async function does: so
-# that Task(AsyncCallable(f)), frameworks and inspect await it rather than run
-# it as a sync callable and drop what it returns.
-if hasattr(inspect, "markcoroutinefunction"):  # 3.12+
-    inspect.markcoroutinefunction(AsyncCallable.__call__)
-else:  # asyncio's marker, not deprecated before 3.14
-    AsyncCallable.__call__._is_coroutine = asyncio.coroutines._is_coroutine  # type: ignore[attr-defined]
 
 
 @overload

@@ -575,10 +575,11 @@ module_exec(PyObject *module)
     }
     if (import_attr("asyncio", "get_running_loop", &st->get_running_loop) < 0
         || import_attr("asyncio", "ensure_future", &st->ensure_future) < 0
-#if PY_VERSION_HEX >= 0x030C0000
-        /* asyncio's is deprecated from 3.14; inspect's knows markcoroutinefunction. */
+#if PY_VERSION_HEX >= 0x030E0000
+        /* asyncio's is deprecated from 3.14 (removed in 3.16). */
         || import_attr("inspect", "iscoroutinefunction", &st->iscoroutinefunction) < 0
 #else
+        /* inspect's, and the markers asgiref and mock set before 3.14. */
         || import_attr("asyncio", "iscoroutinefunction", &st->iscoroutinefunction) < 0
 #endif
         || import_attr("asyncio", "CancelledError", &st->cancelled_error) < 0
@@ -588,12 +589,6 @@ module_exec(PyObject *module)
         || import_attr("concurrent.futures", "TimeoutError", &st->futures_timeout) < 0
         || report_init(st) < 0) {
         return -1;
-    }
-    /* asyncio.iscoroutinefunction(task) is True, as for 0.2.0's `async def
-       __call__`, where asyncio still has the marker. */
-    if (import_attr("asyncio.coroutines", "_is_coroutine", &st->coroutine_marker) < 0) {
-        PyErr_Clear();
-        st->coroutine_marker = NULL;
     }
     if (task_init_types(module, st) < 0 || tasks_init_types(module, st) < 0
         || bridge_init_types(module, st) < 0 || background_init_types(module, st) < 0) {
@@ -622,7 +617,6 @@ module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->ensure_future);
     Py_VISIT(st->iscoroutinefunction);
     Py_VISIT(st->partial_type);
-    Py_VISIT(st->coroutine_marker);
     Py_VISIT(st->invalid_state);
     Py_VISIT(st->fallback_format);
     Py_VISIT(st->loop_module);
@@ -656,7 +650,6 @@ module_clear(PyObject *module)
     Py_CLEAR(st->ensure_future);
     Py_CLEAR(st->iscoroutinefunction);
     Py_CLEAR(st->partial_type);
-    Py_CLEAR(st->coroutine_marker);
     Py_CLEAR(st->invalid_state);
     Py_CLEAR(st->fallback_format);
     Py_CLEAR(st->loop_module);

@@ -593,26 +593,7 @@ task_get_name(PyObject *op, void *Py_UNUSED(closure))
     return bg_type_name(Py_TYPE(self));
 }
 
-/* `_is_coroutine`, for instances only: asyncio.iscoroutinefunction(task) is
-   True (0.2.0's Task had an `async def __call__`), while the class Task
-   itself, read through this descriptor, is not taken for a coroutine
-   function. */
-static PyObject *
-task_get_is_coroutine(PyObject *self, void *Py_UNUSED(closure))
-{
-    bg_state *st = task_state(self);
-    if (st == NULL) {
-        return NULL;
-    }
-    if (st->coroutine_marker == NULL) {
-        PyErr_SetString(PyExc_AttributeError, "_is_coroutine");
-        return NULL;
-    }
-    return Py_NewRef(st->coroutine_marker);
-}
-
 static PyGetSetDef task_getset[] = {
-    {"_is_coroutine", task_get_is_coroutine, NULL, "asyncio's coroutine-function marker.", NULL},
     {"func", task_get_func, task_set_func, "The callable the task runs.", NULL},
     {"args", task_get_args, task_set_args, "Its positional arguments (a tuple).", NULL},
     {"kwargs", task_get_kwargs, task_set_kwargs, "Its keyword arguments (a dict).", NULL},

@@ -39,9 +39,8 @@ typedef struct {
     /* From the standard library, looked up once. */
     PyObject *get_running_loop;    /* asyncio.get_running_loop */
     PyObject *ensure_future;       /* asyncio.ensure_future */
-    PyObject *iscoroutinefunction; /* inspect's (3.12+) or asyncio's (before) */
+    PyObject *iscoroutinefunction; /* inspect's (3.14+) or asyncio's (before) */
     PyObject *partial_type;        /* functools.partial */
-    PyObject *coroutine_marker;    /* asyncio.coroutines._is_coroutine, or NULL where gone */
     PyObject *cancelled_error;     /* asyncio.CancelledError */
     PyObject *invalid_state;       /* asyncio.InvalidStateError */
     PyObject *futures_cancelled;   /* concurrent.futures.CancelledError */
