@@ -7,6 +7,8 @@ thread pool, async ones on the asyncio loop.
 """
 
 import asyncio
+import threading
+import time
 
 from . import _backgrounder
 from ._backgrounder import (
@@ -32,8 +34,29 @@ async def drain(timeout: "float | None" = None) -> bool:
     loop = asyncio.get_running_loop()
     me = _backgrounder._is_background_task(asyncio.current_task())
     # The wait blocks a thread, not the loop: the loop's own background
-    # calls go on meanwhile.
-    return await loop.run_in_executor(None, _backgrounder._wait_drained, timeout, me)
+    # calls go on meanwhile.  Cancelling drain() stops that thread too.
+    cancelled = threading.Event()
+    try:
+        return await loop.run_in_executor(None, _wait_drained, timeout, me, cancelled)
+    finally:
+        cancelled.set()
+
+
+def _wait_drained(timeout: "float | None", me: bool, cancelled: threading.Event) -> bool:
+    """drain()'s wait, on an executor thread: in short slices, so that a
+    cancelled drain() leaves no thread behind (an executor that waits for
+    its threads, as asyncio.run's does at its end, would wait for it)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while not cancelled.is_set():
+        left = _SLICE if deadline is None else min(_SLICE, max(0.0, deadline - time.monotonic()))
+        if _backgrounder._wait_drained(left, me):
+            return True
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+    return False
+
+
+_SLICE = 0.05
 
 __version__ = "1.0.0"
 

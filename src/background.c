@@ -114,7 +114,9 @@ background_settle_from(PyObject *op, PyObject *task)
         bg_report_error(st, "background call %s was cancelled before it finished: its event "
                         "loop ended (await backgrounder.drain() before it ends)", handle_func(h), exc);
         Py_DECREF(exc);
-        handle_cancel_now(st, h);
+        if (handle_cancel_now(st, h) < 0) {
+            return NULL;
+        }
         Py_RETURN_NONE;
     }
     PyObject *exc = PyObject_CallMethodNoArgs(task, st->str_exception);
@@ -122,7 +124,9 @@ background_settle_from(PyObject *op, PyObject *task)
         return NULL;
     }
     if (exc != Py_None) {
-        handle_settle(st, h, H_FINISHED, NULL, exc);
+        if (handle_settle(st, h, H_FINISHED, NULL, exc) < 0) {
+            return NULL;
+        }
         Py_RETURN_NONE;
     }
     Py_DECREF(exc);
@@ -130,7 +134,9 @@ background_settle_from(PyObject *op, PyObject *task)
     if (result == NULL) {
         return NULL;
     }
-    handle_settle(st, h, H_FINISHED, result, NULL);
+    if (handle_settle(st, h, H_FINISHED, result, NULL) < 0) {
+        return NULL;
+    }
     Py_RETURN_NONE;
 }
 
@@ -183,7 +189,9 @@ background_forget_engine_calls(bg_state *st)
         if (PyDict_DelItem(st->async_calls, h) < 0) {
             PyErr_WriteUnraisable(h);
         }
-        handle_cancel_now(st, (HandleObject *)h);
+        if (handle_cancel_now(st, (HandleObject *)h) < 0) {
+            PyErr_WriteUnraisable(h);
+        }
     }
     Py_DECREF(items);
 }
@@ -249,12 +257,21 @@ start_async(bg_state *st, HandleObject *h, PyObject *func, PyObject *args, PyObj
             goto done;
         }
         task = PyObject_CallMethod(loop, "create_task", "O", coro);
-        if (task == NULL || background_async_started(st, h, loop, task) < 0) {
+        if (task == NULL) {
             goto done;
         }
-        res = PyObject_CallMethodOneArg(task, st->str_add_done_callback, done);
+        int started = background_async_started(st, h, loop, task);
+        res = started < 0 ? NULL : PyObject_CallMethodOneArg(task, st->str_add_done_callback, done);
         if (res == NULL) {
-            background_async_abort(st, h);
+            /* Nobody would hear of its outcome: it does not run. */
+            if (started == 0) {
+                background_async_abort(st, h);
+            }
+            PyObject *exc = bg_fetch_exception();
+            if (bg_cancel_future(st, task) < 0) {
+                PyErr_WriteUnraisable(task);
+            }
+            bg_restore(exc);
         }
     }
     else {
@@ -284,8 +301,7 @@ done:
         PyObject *closed = PyObject_CallMethod(coro, "close", NULL);
         Py_XDECREF(closed);
         PyErr_Clear();
-        bg_raise(exc);
-        Py_DECREF(exc);
+        bg_restore(exc);
     }
     Py_XDECREF(loop);
     Py_XDECREF(own_loop);

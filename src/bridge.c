@@ -224,7 +224,7 @@ settle(bg_state *st, bg_item *item, PyObject **interrupt)
     if (done < 0) {
         PyErr_WriteUnraisable(fut);
     }
-    if (done == 0) {
+    if (done <= 0) {
         /* Interrupted on the way (a signal, a failed allocation): once more,
            then the failure itself, then a cancellation: the task wakes. */
         if (set_outcome(st, fut, item) == 0) {

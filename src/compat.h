@@ -41,6 +41,20 @@ bg_raise(PyObject *exc)
     PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
 }
 
+/* Sets `exc` (an exception instance, stolen) as the current exception as
+   it is, where bg_raise would chain the exception being handled to it: for
+   putting back an exception fetched earlier. */
+static inline void
+bg_restore(PyObject *exc)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    PyErr_SetRaisedException(exc);
+#else
+    PyObject *tb = PyException_GetTraceback(exc);
+    PyErr_Restore((PyObject *)Py_NewRef(Py_TYPE(exc)), exc, tb);
+#endif
+}
+
 /* getattr that tells "no such attribute" apart: returns 1 with *result a new
    reference, 0 with *result NULL (AttributeError cleared), -1 on error. */
 static inline int

@@ -39,18 +39,37 @@ bg_coro_reused(void)
     return PYGEN_ERROR;
 }
 
-/* Every send and throw into a bg_coro goes through these two: they keep
-   `suspended` true while someone awaits it. */
+/* Every send, throw and close of a bg_coro goes through these three: they
+   keep `suspended` true while someone awaits it, and refuse re-entry (an
+   entry of a Tasks run that closes the very run driving it, say): the
+   coroutine it delegates to is held for the call's length. */
+static int
+enter(PyObject *self)
+{
+    if (CORO(self)->running) {
+        PyErr_SetString(PyExc_ValueError, "coroutine already executing");
+        return -1;
+    }
+    CORO(self)->running = 1;
+    return 0;
+}
+
 static PySendResult
 coro_do_send(PyObject *self, PyObject *value, PyObject **result)
 {
+    if (enter(self) < 0) {
+        return PYGEN_ERROR;
+    }
     PySendResult status;
-    if (CORO(self)->foreign != NULL) {
-        status = foreign_answered(self, PyIter_Send(CORO(self)->foreign, value, result));
+    PyObject *foreign = Py_XNewRef(CORO(self)->foreign);
+    if (foreign != NULL) {
+        status = foreign_answered(self, PyIter_Send(foreign, value, result));
+        Py_DECREF(foreign);
     }
     else {
         status = CORO(self)->ops->send(self, value, result);
     }
+    CORO(self)->running = 0;
     CORO(self)->suspended = status == PYGEN_NEXT;
     return status;
 }
@@ -58,14 +77,19 @@ coro_do_send(PyObject *self, PyObject *value, PyObject **result)
 static PySendResult
 coro_do_throw(PyObject *self, PyObject *exc, PyObject **result)
 {
+    if (enter(self) < 0) {
+        return PYGEN_ERROR;
+    }
     PySendResult status;
-    if (CORO(self)->foreign != NULL) {
-        status = foreign_answered(self, delegate_throw(coro_state(self), CORO(self)->foreign, exc,
-                                                       result));
+    PyObject *foreign = Py_XNewRef(CORO(self)->foreign);
+    if (foreign != NULL) {
+        status = foreign_answered(self, delegate_throw(coro_state(self), foreign, exc, result));
+        Py_DECREF(foreign);
     }
     else {
         status = CORO(self)->ops->throw_(self, exc, result);
     }
+    CORO(self)->running = 0;
     CORO(self)->suspended = status == PYGEN_NEXT;
     return status;
 }
@@ -73,31 +97,43 @@ coro_do_throw(PyObject *self, PyObject *exc, PyObject **result)
 static int
 coro_do_close(PyObject *self)
 {
+    if (enter(self) < 0) {
+        return -1;
+    }
     CORO(self)->suspended = 0;
+    int r;
     PyObject *foreign = CORO(self)->foreign;
     if (foreign != NULL) {
         CORO(self)->foreign = NULL;
-        int r = delegate_close(coro_state(self), foreign);
+        r = delegate_close(coro_state(self), foreign);
         Py_DECREF(foreign);
-        return r;
     }
-    return CORO(self)->ops->close(self);
+    else {
+        r = CORO(self)->ops->close(self);
+    }
+    CORO(self)->running = 0;
+    return r;
 }
 
 PySendResult
-bg_coro_go_foreign(PyObject *self, const char *name, PyObject *args,
+bg_coro_go_foreign(PyObject *self, const char *name, PyObject *args, PyObject *no_loop,
                    PyObject **result)
 {
-    PyObject *mod = NULL, *coro = NULL, *trio_name = PyUnicode_FromString("trio");
+    PyObject *mod = NULL, *func = NULL, *coro = NULL;
+    PyObject *trio_name = PyUnicode_FromString("trio");
     PyObject *trio = trio_name ? PyImport_GetModule(trio_name) : NULL;   /* never imports it */
     Py_XDECREF(trio_name);
     if (trio == NULL) {
-        return PYGEN_ERROR;   /* asyncio's "no running event loop" stays */
+        if (PyErr_Occurred()) {
+            Py_DECREF(no_loop);
+            return PYGEN_ERROR;
+        }
+        bg_restore(no_loop);   /* asyncio's "no running event loop" stays */
+        return PYGEN_ERROR;
     }
     Py_DECREF(trio);
-    PyObject *no_loop = bg_fetch_exception();
     mod = PyImport_ImportModule("backgrounder._trio");
-    PyObject *func = mod ? PyObject_GetAttrString(mod, name) : NULL;
+    func = mod ? PyObject_GetAttrString(mod, name) : NULL;
     coro = func ? PyObject_CallObject(func, args) : NULL;
     Py_XDECREF(func);
     Py_XDECREF(mod);
@@ -105,14 +141,17 @@ bg_coro_go_foreign(PyObject *self, const char *name, PyObject *args,
         if (PyErr_ExceptionMatches(PyExc_LookupError)) {
             /* No trio run here either: asyncio's error is the one to see. */
             PyErr_Clear();
-            bg_raise(no_loop);
+            bg_restore(no_loop);
+            return PYGEN_ERROR;
         }
         Py_DECREF(no_loop);
         return PYGEN_ERROR;
     }
     Py_DECREF(no_loop);
-    Py_XSETREF(CORO(self)->foreign, coro);
-    return foreign_answered(self, PyIter_Send(coro, Py_None, result));
+    Py_XSETREF(CORO(self)->foreign, Py_NewRef(coro));
+    PySendResult status = foreign_answered(self, PyIter_Send(coro, Py_None, result));
+    Py_DECREF(coro);
+    return status;
 }
 
 PyObject *
@@ -418,12 +457,29 @@ bg_wait_resume(bg_state *st, bg_wait *w, PyObject **result)
         *result = res;
         return PYGEN_RETURN;
     }
-    if (!PyErr_ExceptionMatches(st->invalid_state)) {
+    if (PyErr_ExceptionMatches(st->invalid_state)) {
+        /* Not done, unless the call itself raised InvalidStateError. */
+        PyObject *exc = bg_fetch_exception();
+        PyObject *done = PyObject_CallMethodNoArgs(fut, st->str_done);
+        int is_done = done ? PyObject_IsTrue(done) : -1;
+        Py_XDECREF(done);
+        if (is_done != 0) {
+            Py_CLEAR(w->fut);
+            if (is_done > 0) {
+                bg_restore(exc);
+            }
+            else {
+                Py_DECREF(exc);
+            }
+            return PYGEN_ERROR;
+        }
+        Py_DECREF(exc);
+    }
+    else {
         Py_CLEAR(w->fut);   /* done: its exception (or cancellation) is the outcome */
         return PYGEN_ERROR;
     }
     /* Not done: resumed by someone else than the future (a second driver). */
-    PyErr_Clear();
     PyObject *blocking = PyObject_GetAttr(fut, st->str_future_blocking);
     int is_blocking = blocking ? PyObject_IsTrue(blocking) : -1;
     Py_XDECREF(blocking);

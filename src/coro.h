@@ -31,6 +31,8 @@ typedef struct {
     PyObject_HEAD
     const bg_coro_ops *ops;
     int suspended;        /* last answered PYGEN_NEXT: someone awaits it */
+    int running;          /* inside a send, throw or close: re-entry raises, as
+                             "generator already executing" does */
     PyObject *foreign;    /* strong: under a loop that is not asyncio's (trio), the
                              coroutine that does the waiting, which every send,
                              throw and close goes to */
@@ -56,6 +58,7 @@ bg_coro_init(PyObject *self, const bg_coro_ops *ops)
 {
     ((bg_coro *)self)->ops = ops;
     ((bg_coro *)self)->suspended = 0;
+    ((bg_coro *)self)->running = 0;
     ((bg_coro *)self)->foreign = NULL;
 }
 
@@ -63,13 +66,14 @@ bg_coro_init(PyObject *self, const bg_coro_ops *ops)
 #define BG_CORO_VISIT(self) Py_VISIT(((bg_coro *)(self))->foreign)
 #define BG_CORO_CLEAR(self) Py_CLEAR(((bg_coro *)(self))->foreign)
 
-/* asyncio.get_running_loop() failed (RuntimeError set): if trio is what
-   runs (trio imported, and backgrounder._trio finds its token), the rest of
-   the await goes to backgrounder._trio.<name>(*args), a coroutine that
-   waits trio's way; the caller has ended its own state.  Returns its first
-   send's result, or PYGEN_ERROR with the RuntimeError of asyncio (no
-   trio) or the error met. */
-PySendResult bg_coro_go_foreign(PyObject *self, const char *name, PyObject *args, PyObject **result);
+/* asyncio.get_running_loop() failed with `no_loop` (a RuntimeError, stolen;
+   no exception set): if trio is what runs (trio imported, and
+   backgrounder._trio finds its token), the rest of the await goes to
+   backgrounder._trio.<name>(*args), a coroutine that waits trio's way; the
+   caller has ended its own state.  Returns its first send's result, or
+   PYGEN_ERROR with `no_loop` raised again (no trio) or the error met. */
+PySendResult bg_coro_go_foreign(PyObject *self, const char *name, PyObject *args, PyObject *no_loop,
+                                PyObject **result);
 
 /* Slots every bg_coro type lists in its PyType_Spec. */
 #define BG_CORO_SLOTS                                        \

@@ -68,26 +68,22 @@ group_child_done(PyObject *op, PyObject *child)
     bg_state *st = coro_state(op);
     self->remaining--;
     if (self->state == GROUP_WAITING && !self->failing) {
+        /* The first failure cancels the others.  A failure to tell (no
+           memory) is reported; the group still wakes below. */
         PyObject *cancelled = PyObject_CallMethodNoArgs(child, st->str_cancelled);
-        if (cancelled == NULL) {
-            return NULL;
-        }
-        int was_cancelled = cancelled == Py_True;
-        Py_DECREF(cancelled);
-        if (!was_cancelled) {
-            PyObject *exc = PyObject_CallMethodNoArgs(child, st->str_exception);
-            if (exc == NULL) {
-                return NULL;
-            }
-            int failed = exc != Py_None;
-            Py_DECREF(exc);
-            if (failed) {
-                self->failing = 1;
-                if (group_cancel_children(st, self) < 0) {
-                    return NULL;
-                }
+        PyObject *exc = cancelled == Py_False ? PyObject_CallMethodNoArgs(child, st->str_exception)
+                                              : NULL;
+        if (exc != NULL && exc != Py_None) {
+            self->failing = 1;
+            if (group_cancel_children(st, self) < 0) {
+                PyErr_WriteUnraisable(op);
             }
         }
+        else if (cancelled == NULL || (cancelled == Py_False && exc == NULL)) {
+            PyErr_WriteUnraisable(child);
+        }
+        Py_XDECREF(exc);
+        Py_XDECREF(cancelled);
     }
     if (self->remaining == 0 && self->waiter != NULL) {
         /* Also when the run ended early (resumed early twice): whoever
@@ -99,11 +95,15 @@ group_child_done(PyObject *op, PyObject *child)
                             ? PyObject_CallMethodOneArg(waiter, st->str_set_result, Py_None)
                             : Py_XNewRef(done);
         Py_XDECREF(done);
-        Py_DECREF(waiter);
         if (res == NULL) {
-            return NULL;
+            /* Woken another way: cancelled, the run then ends as cancelled. */
+            PyErr_WriteUnraisable(waiter);
+            if (bg_cancel_future(st, waiter) < 0) {
+                PyErr_WriteUnraisable(op);   /* nothing more can wake it */
+            }
         }
-        Py_DECREF(res);
+        Py_XDECREF(res);
+        Py_DECREF(waiter);
     }
     Py_RETURN_NONE;
 }
@@ -220,13 +220,16 @@ group_start(bg_state *st, GroupObject *self, PyObject **result)
     if (self->loop == NULL) {
         if (PyErr_ExceptionMatches(PyExc_RuntimeError)) {
             /* No asyncio loop: a trio nursery, if trio runs (a foreign wait). */
+            PyObject *no_loop = bg_fetch_exception();
             PyObject *args = PyTuple_Pack(1, tasks);
-            if (args != NULL) {
-                PySendResult status = bg_coro_go_foreign((PyObject *)self, "group", args, result);
-                Py_DECREF(args);
-                Py_DECREF(tasks);
-                return status;
+            if (args == NULL) {
+                Py_DECREF(no_loop);
+                goto error;
             }
+            PySendResult status = bg_coro_go_foreign((PyObject *)self, "group", args, no_loop, result);
+            Py_DECREF(args);
+            Py_DECREF(tasks);
+            return status;
         }
         goto error;
     }
@@ -271,8 +274,7 @@ fail_started:
         if (group_cancel_children(st, self) < 0) {
             PyErr_WriteUnraisable((PyObject *)self);
         }
-        bg_raise(exc);
-        Py_DECREF(exc);
+        bg_restore(exc);
     }
 error:
     self->state = GROUP_DONE;

@@ -111,11 +111,15 @@ callbacks_free(bg_node *callbacks)
 }
 
 /* Calls the callbacks with the handle and wakes the awaiting tasks (their
-   items, made when they began to wait, are posted: no allocation here).
-   GIL held, lock not held. */
-static void
+   items, made when they began to wait, are posted: no allocation here).  A
+   callback's exception is logged, as concurrent.futures does, but for a
+   KeyboardInterrupt or SystemExit (any non-Exception), which is returned
+   (a new reference; the first one) for the caller to raise once every
+   callback ran.  GIL held, lock not held. */
+static PyObject *
 handle_notify(bg_state *st, HandleObject *h, bg_node *callbacks, bg_item *waiters)
 {
+    PyObject *interrupt = NULL;
     while (callbacks) {
         bg_node *node = callbacks;
         callbacks = node->next;
@@ -123,7 +127,14 @@ handle_notify(bg_state *st, HandleObject *h, bg_node *callbacks, bg_item *waiter
         PyObject *res = PyObject_CallOneArg(node->fn, (PyObject *)h);
         if (res == NULL) {
             PyObject *exc = bg_fetch_exception();
-            bg_report_error(st, "done callback %s of a background call failed", node->fn, exc);
+            if (!PyErr_GivenExceptionMatches(exc, PyExc_Exception)) {
+                if (interrupt == NULL) {
+                    interrupt = Py_NewRef(exc);
+                }
+            }
+            else {
+                bg_report_error(st, "done callback %s of a background call failed", node->fn, exc);
+            }
             Py_DECREF(exc);
         }
         Py_XDECREF(res);
@@ -136,9 +147,21 @@ handle_notify(bg_state *st, HandleObject *h, bg_node *callbacks, bg_item *waiter
         item->result = Py_NewRef(Py_None);   /* a wake-up: the task reads the handle */
         bridge_post(item);
     }
+    return interrupt;
 }
 
-void
+/* Raises what handle_notify returned (stolen): -1, or 0 if it was NULL. */
+static int
+raise_interrupt(PyObject *interrupt)
+{
+    if (interrupt == NULL) {
+        return 0;
+    }
+    bg_restore(interrupt);
+    return -1;
+}
+
+int
 handle_settle(bg_state *st, HandleObject *h, int state, PyObject *result, PyObject *exc)
 {
     pool_lock(st->pool);
@@ -146,7 +169,7 @@ handle_settle(bg_state *st, HandleObject *h, int state, PyObject *result, PyObje
         pool_unlock(st->pool);
         Py_XDECREF(result);
         Py_XDECREF(exc);
-        return;
+        return 0;
     }
     h->state = state;
     h->is_done = 1;
@@ -160,13 +183,13 @@ handle_settle(bg_state *st, HandleObject *h, int state, PyObject *result, PyObje
     if (exc != NULL) {
         failed_link(st, h);
     }
-    handle_notify(st, h, callbacks, waiters);
+    return raise_interrupt(handle_notify(st, h, callbacks, waiters));
 }
 
-void
+int
 handle_cancel_now(bg_state *st, HandleObject *h)
 {
-    handle_settle(st, h, H_CANCELLED, NULL, NULL);
+    return handle_settle(st, h, H_CANCELLED, NULL, NULL);
 }
 
 /* Pool ops: a sync call's handle is its item's target. */
@@ -191,11 +214,15 @@ handle_item_finish(bg_item *item)
     PyObject *result = item->result, *exc = item->exc;
     item->result = item->exc = NULL;
     pool_item_free(item);
-    if (result != NULL || exc != NULL) {
-        handle_settle(handle_state(h), h, H_FINISHED, result, exc);
-    }
-    else {
-        handle_cancel_now(handle_state(h), h);   /* skipped: it never ran */
+    bg_state *st = handle_state(h);
+    int r = (result != NULL || exc != NULL) ? handle_settle(st, h, H_FINISHED, result, exc)
+                                            : handle_cancel_now(st, h);   /* skipped: never ran */
+    if (r < 0) {
+        /* A done callback raised KeyboardInterrupt or SystemExit on this pool
+           thread, where nobody can catch it: it is logged, not lost. */
+        PyObject *interrupt = bg_fetch_exception();
+        bg_report_error(st, "a done callback of background call %s raised", h->func, interrupt);
+        Py_DECREF(interrupt);
     }
     Py_DECREF(h);   /* may be the last reference: an unretrieved error is reported */
 }
@@ -356,7 +383,9 @@ handle_cancel(PyObject *op, PyObject *Py_UNUSED(ignored))
     self->callbacks = NULL;
     self->waiters = NULL;
     pool_unlock_notify(st->pool);
-    handle_notify(st, self, callbacks, waiters);
+    if (raise_interrupt(handle_notify(st, self, callbacks, waiters)) < 0) {
+        return NULL;
+    }
     Py_RETURN_TRUE;
 }
 
@@ -385,7 +414,10 @@ handle_add_done_callback(PyObject *op, PyObject *fn)
     }
     pool_unlock(st->pool);
     if (done) {
-        handle_notify(st, self, node, NULL);   /* at once, as concurrent.futures does */
+        /* at once, as concurrent.futures does */
+        if (raise_interrupt(handle_notify(st, self, node, NULL)) < 0) {
+            return NULL;
+        }
     }
     Py_RETURN_NONE;
 }
@@ -445,11 +477,14 @@ wait_start(WaitObject *self, PyObject **result)
     if (loop == NULL) {
         if (PyErr_ExceptionMatches(PyExc_RuntimeError)) {
             /* No asyncio loop: trio's way, if trio runs (a foreign wait). */
+            PyObject *no_loop = bg_fetch_exception();
             PyObject *args = PyTuple_Pack(1, (PyObject *)h);
-            if (args != NULL) {
-                status = bg_coro_go_foreign((PyObject *)self, "wait_handle", args, result);
-                Py_DECREF(args);
+            if (args == NULL) {
+                Py_DECREF(no_loop);
+                goto done;
             }
+            status = bg_coro_go_foreign((PyObject *)self, "wait_handle", args, no_loop, result);
+            Py_DECREF(args);
         }
         goto done;
     }

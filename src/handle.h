@@ -29,8 +29,10 @@ extern const bg_item_ops handle_item_ops;
 
 /* GIL held.  Moves the handle to its final state (H_FINISHED with result or
    exc, both stolen, or H_CANCELLED with neither) if it is not there yet,
-   then calls its done callbacks and wakes its awaiting tasks. */
-void handle_settle(bg_state *st, HandleObject *h, int state, PyObject *result, PyObject *exc);
+   then calls its done callbacks and wakes its awaiting tasks.  Returns 0,
+   or -1 with the KeyboardInterrupt or SystemExit a callback raised (every
+   callback ran, every task was woken). */
+int handle_settle(bg_state *st, HandleObject *h, int state, PyObject *result, PyObject *exc);
 
 /* GIL held.  The handle's async call runs on `loop`: the handle is running
    (it cannot be cancelled any more), and remembers the loop (result() on
@@ -40,8 +42,9 @@ void handle_set_running(HandleObject *h, PyObject *loop);
 /* The function `h` runs: a borrowed reference. */
 PyObject *handle_func(HandleObject *h);
 
-/* GIL held.  Settles `h` as cancelled if it is not done yet.  */
-void handle_cancel_now(bg_state *st, HandleObject *h);
+/* GIL held.  Settles `h` as cancelled if it is not done yet.  Returns as
+   handle_settle. */
+int handle_cancel_now(bg_state *st, HandleObject *h);
 
 /* At exit: reports every failure not retrieved yet, of handles still
    alive, and marks them retrieved. */

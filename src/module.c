@@ -318,8 +318,7 @@ bg_at_exit(PyObject *module, PyObject *Py_UNUSED(ignored))
     }
     handle_report_unretrieved(st);
     if (exc != NULL) {
-        bg_raise(exc);
-        Py_DECREF(exc);
+        bg_restore(exc);
         return NULL;
     }
     Py_RETURN_NONE;

@@ -535,8 +535,9 @@ worker_main(void *arg)
     pool->nworkers--;
     pool->nsearching--;
     /* Leaving while counted as searching: a submitter may have left the
-       wake-up to this worker.  Pass it on. */
-    int must_start = pool->closed ? 0 : wake_locked(pool);
+       wake-up to this worker.  Pass it on, unless this thread could not get
+       a thread state (no memory): its successor would fare no better. */
+    int must_start = (pool->closed || tstate == NULL) ? 0 : wake_locked(pool);
     bg_mutex_unlock(&pool->mu);
     if (must_start) {
         (void)start_worker(pool);

@@ -231,8 +231,7 @@ bg_report_warning(bg_state *st, PyObject *message)
     }
     Py_XDECREF(args);
     if (saved) {
-        bg_raise(saved);
-        Py_DECREF(saved);
+        bg_restore(saved);
     }
 }
 
@@ -253,7 +252,6 @@ bg_report_error(bg_state *st, const char *what, PyObject *func, PyObject *exc)
         PyErr_WriteUnraisable(exc);
     }
     if (saved) {
-        bg_raise(saved);
-        Py_DECREF(saved);
+        bg_restore(saved);
     }
 }

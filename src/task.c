@@ -93,16 +93,19 @@ call_submit(CallObject *self, PyObject **result)
     if (loop == NULL) {
         if (PyErr_ExceptionMatches(PyExc_RuntimeError)) {
             /* No asyncio loop: trio's way, if trio runs (a foreign wait). */
+            PyObject *no_loop = bg_fetch_exception();
             PyObject *args = PyTuple_Pack(3, self->func, self->args,
                                           self->kwargs ? self->kwargs : Py_None);
-            if (args != NULL) {
-                PySendResult status = bg_coro_go_foreign((PyObject *)self, "call", args, result);
-                Py_DECREF(args);
-                Py_CLEAR(self->func);
-                Py_CLEAR(self->args);
-                Py_CLEAR(self->kwargs);
-                return status;
+            if (args == NULL) {
+                Py_DECREF(no_loop);
+                goto error;
             }
+            PySendResult status = bg_coro_go_foreign((PyObject *)self, "call", args, no_loop, result);
+            Py_DECREF(args);
+            Py_CLEAR(self->func);
+            Py_CLEAR(self->args);
+            Py_CLEAR(self->kwargs);
+            return status;
         }
         goto error;
     }
@@ -254,8 +257,7 @@ call_finalize(PyObject *op)
         }
     }
     if (exc) {
-        bg_raise(exc);
-        Py_DECREF(exc);
+        bg_restore(exc);
     }
 }
 

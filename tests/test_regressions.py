@@ -137,3 +137,101 @@ def test_a_call_abandoned_after_it_failed_reports_the_exception(run):
     finally:
         backgrounder.configure(on_error=None)
     assert [str(e) for e in reported] == ["abandoned"]
+
+
+# ---- found by the second review of the C (a CPython core developer's eye) ----------
+
+
+def test_an_entry_closing_the_tasks_run_that_drives_it_gets_an_error_not_a_crash():
+    # seq_close dropped the entry's coroutine while it was executing (a
+    # use-after-free): a run refuses re-entry, as a generator does.
+    out = run_script(
+        """
+        import asyncio
+        from backgrounder import Tasks
+
+        async def entry():
+            try:
+                asyncio.current_task().get_coro().close()
+            except ValueError as e:
+                print("close:", e)
+            await asyncio.sleep(0)
+            print("entry resumed")
+
+        async def main():
+            await asyncio.create_task(Tasks([entry])())
+            print("run ended")
+
+        asyncio.run(main())
+        """
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["close: coroutine already executing", "entry resumed", "run ended"]
+
+
+def test_a_cancelled_drain_leaves_no_thread_that_asyncio_run_waits_for():
+    out = run_script(
+        """
+        import asyncio, threading, time
+        import backgrounder
+
+        release = threading.Event()
+
+        @backgrounder.background
+        def long_job():
+            release.wait(30)
+
+        async def main():
+            long_job()
+            try:
+                await asyncio.wait_for(backgrounder.drain(), 0.2)
+            except asyncio.TimeoutError:
+                print("drain timed out")
+
+        start = time.monotonic()
+        asyncio.run(main())   # shuts the default executor down, waiting for its threads
+        print("asyncio.run returned", time.monotonic() - start < 3)
+        release.set()
+        """
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["drain timed out", "asyncio.run returned True"]
+
+
+def test_a_sync_call_raising_invalid_state_error_raises_it_when_resumed_by_send():
+    # The resume took the call's own InvalidStateError for "not done yet".
+    def fail():
+        raise asyncio.InvalidStateError("the call's own")
+
+    async def main():
+        call = Task(fail)()
+        fut = call.send(None)
+        await asyncio.wait([fut])
+        with pytest.raises(asyncio.InvalidStateError, match="the call's own"):
+            call.send(None)
+
+    asyncio.run(main())
+
+
+def test_a_keyboard_interrupt_in_a_done_callback_reaches_the_caller_of_cancel():
+    # Done callbacks swallowed KeyboardInterrupt as a logged failure.
+    backgrounder.configure(max_workers=1)
+    release = threading.Event()
+    try:
+        blocker = backgrounder.background(release.wait)(10)
+        queued = backgrounder.background(len)("abc")
+        ran = []
+
+        def interrupt(handle):
+            raise KeyboardInterrupt
+
+        queued.add_done_callback(interrupt)
+        queued.add_done_callback(lambda handle: ran.append(handle.cancelled()))
+        with pytest.raises(KeyboardInterrupt):
+            queued.cancel()
+        assert ran == [True]   # the other callbacks still ran
+        assert queued.cancelled()
+    finally:
+        release.set()
+        backgrounder.configure(max_workers=40)
+    assert blocker.result(10) is True
