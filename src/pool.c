@@ -247,7 +247,10 @@ wake_locked(bg_pool *pool)
 static int
 start_worker(bg_pool *pool)
 {
-    int err = bg_thread_start(worker_main, pool);
+    bg_mutex_lock(&pool->mu);
+    size_t stack_size = pool->stack_size;
+    bg_mutex_unlock(&pool->mu);
+    int err = bg_thread_start(worker_main, pool, stack_size);
     if (err) {
         bg_mutex_lock(&pool->mu);
         pool->nworkers--;
@@ -271,7 +274,9 @@ pool_submit(bg_pool *pool, bg_item *item)
     if (pool->orphans) {
         pool_after_fork_child(pool);   /* forked without Python's fork hooks */
     }
+    size_t stack_size = PyThread_get_stacksize();   /* threading.stack_size() */
     bg_mutex_lock(&pool->mu);
+    pool->stack_size = stack_size;
     if (pool->closed) {
         bg_mutex_unlock(&pool->mu);
         PyErr_SetString(PyExc_RuntimeError,
@@ -564,7 +569,9 @@ worker_main(void *arg)
 void
 pool_configure(bg_pool *pool, Py_ssize_t max_workers, double idle_timeout)
 {
+    size_t stack_size = PyThread_get_stacksize();   /* threading.stack_size() */
     bg_mutex_lock(&pool->mu);
+    pool->stack_size = stack_size;
     if (max_workers > 0) {
         pool->max_workers = max_workers;
         bg_cond_broadcast(&pool->work_cv);   /* workers above it retire */

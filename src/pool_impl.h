@@ -54,6 +54,7 @@ struct bg_pool {
     uint64_t submitted, done, failed, cancelled, wakeups, completions;
 
     uint64_t threads_started;   /* guarded by mu */
+    size_t stack_size;          /* guarded by mu: threading.stack_size() at the last submit */
 };
 
 /* What a worker thread is: its pool, and the item it runs (plain C, no

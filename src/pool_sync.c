@@ -22,6 +22,7 @@ bg_tls bg_worker_key;
 static bg_mutex registry_mu = BG_MUTEX_INITIALIZER;
 static bg_pool *registry;
 
+#if BG_HAVE_FORK
 static void
 atfork_prepare(void)
 {
@@ -82,6 +83,7 @@ atfork_child(void)
     memset(&registry_mu, 0, sizeof(registry_mu));
     bg_mutex_init(&registry_mu);
 }
+#endif /* BG_HAVE_FORK */
 
 static bg_once atfork_once = BG_ONCE_INIT;
 static int atfork_err;
@@ -90,9 +92,11 @@ static void
 atfork_register(void)
 {
     atfork_err = bg_tls_create(&bg_worker_key);
+#if BG_HAVE_FORK
     if (atfork_err == 0) {
         atfork_err = bg_atfork(atfork_prepare, atfork_parent, atfork_child);
     }
+#endif
 }
 
 int
