@@ -15,13 +15,9 @@ import pytest
 
 import backgrounder
 from backgrounder import BackgroundHandle, background
+from threadname import thread_comm
 
 user: contextvars.ContextVar[str] = contextvars.ContextVar("user", default="anonymous")
-
-
-def thread_comm() -> str:
-    with open(f"/proc/self/task/{threading.get_native_id()}/comm") as f:
-        return f.read().strip()
 
 
 class Boom(Exception):

@@ -232,11 +232,10 @@ print(f"peak={gauge.peak} running={snapshot['running']} queued={snapshot['queued
 """
 
 
-@pytest.fixture(params=["background", "task-asyncio", "task-uvloop"])
+@pytest.fixture(params=["background", "task-asyncio"] + (["task-uvloop"] if sys.platform != "win32" else []))
 def how(request):
-    """How the calls are made: @background, or awaited sync Tasks on a loop kind."""
-    if request.param == "task-uvloop":
-        pytest.importorskip("uvloop")
+    """How the calls are made: @background, or awaited sync Tasks on a loop kind
+    (uvloop: not on Windows, where it does not exist)."""
     return request.param.removeprefix("task-")
 
 

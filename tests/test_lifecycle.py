@@ -33,7 +33,15 @@ SCRIPTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts")
 
 # How a process that crashed ends: by one of these signals, or after
 # CPython's "Fatal Python error" report (which then aborts).
-CRASH_CODES = {-signal.SIGSEGV, -signal.SIGABRT, -signal.SIGBUS, -signal.SIGILL, -signal.SIGFPE}
+# On Windows: the NTSTATUS codes of an access violation, an illegal
+# instruction, a stack overflow, a heap corruption and a fail-fast (what the
+# UCRT's abort() ends with).
+if sys.platform == "win32":
+    CRASH_CODES = {0xC0000005, 0xC000001D, 0xC00000FD, 0xC0000374, 0xC0000409}
+else:
+    CRASH_CODES = {-signal.SIGSEGV, -signal.SIGABRT, -signal.SIGBUS, -signal.SIGILL, -signal.SIGFPE}
+
+no_fork_on_windows = pytest.mark.skipif(sys.platform == "win32", reason="Windows has no fork()")
 
 # Generous: these are there to turn a hang into a failure, not to time anything.
 TIMEOUT = 60
@@ -392,6 +400,14 @@ def interrupt(source: str, *args: str, signals: int = 1) -> tuple[subprocess.Pop
     return proc, out.decode(errors="replace"), err.decode(errors="replace")
 
 
+# What Ctrl-C does on Windows (CTRL_C_EVENT) goes to every process of a
+# console, the test's own included: a signal to one child is POSIX's.
+sigint_to_a_child = pytest.mark.skipif(
+    sys.platform == "win32", reason="Windows cannot send SIGINT to one child process (send_signal(SIGINT) is POSIX's)"
+)
+
+
+@sigint_to_a_child
 @pytest.mark.parametrize("blocked_in", ["result", "wait_idle"])
 def test_ctrl_c_interrupts_a_main_thread_blocked_on_background_work(blocked_in):
     proc, out, err = interrupt(CTRL_C_SCRIPT, blocked_in)
@@ -409,6 +425,7 @@ def test_ctrl_c_interrupts_a_main_thread_blocked_on_background_work(blocked_in):
     assert "not interrupted" not in out, why
 
 
+@sigint_to_a_child
 def test_repeated_ctrl_c_during_the_exit_wait_exits_without_crash():
     # The first SIGINT ends the main thread; the next ones land in the
     # exit hooks that wait for the (still blocked) accepted work.
@@ -468,6 +485,7 @@ def run_until_exit_wait(source: str, *args: str):
             proc.communicate()
 
 
+@sigint_to_a_child
 @pytest.mark.parametrize("logging_set_up", ["logging", "no-logging"])
 def test_exit_wait_says_what_it_waits_for_and_ctrl_c_abandons_it_in_one_line(logging_set_up):
     proc, out, err, took = run_until_exit_wait(EXIT_WAIT_SCRIPT, logging_set_up)
@@ -499,6 +517,48 @@ def test_exit_wait_is_silent_when_nothing_is_left():
     )
     assert_clean_exit(proc)
     assert proc.stderr == "", describe(proc, proc.stdout, proc.stderr)
+
+
+# The same wait interrupted from inside the process, as a console's Ctrl-C
+# reaches Python on Windows (a handler thread trips SIGINT's handler): on
+# every platform.
+INTERRUPT_MAIN_SCRIPT = """
+import _thread, signal, sys, threading, time
+import backgrounder
+
+gate = threading.Event()
+
+@backgrounder.background
+def gated():
+    return gate.wait(30)
+
+def ctrl_c():
+    time.sleep(0.5)
+    _thread.interrupt_main(signal.SIGINT)
+    time.sleep(0.5)
+    gate.set()
+
+g = gated()
+threading.Thread(target=ctrl_c).start()
+if sys.argv[1] == "result":
+    g.result()
+else:
+    backgrounder.wait_idle()
+print("not interrupted")
+"""
+
+
+@pytest.mark.parametrize("blocked_in", ["result", "wait_idle"])
+def test_sigint_from_inside_the_process_interrupts_a_main_thread_blocked_on_background_work(blocked_in):
+    proc = python(INTERRUPT_MAIN_SCRIPT, blocked_in)
+    assert_no_crash(proc)
+    why = describe(proc, proc.stdout, proc.stderr)
+    assert proc.returncode != 0, why
+    assert "KeyboardInterrupt" in proc.stderr, why
+    blocking_line = "g.result()" if blocked_in == "result" else "backgrounder.wait_idle()"
+    lineno = INTERRUPT_MAIN_SCRIPT.splitlines().index(f"    {blocking_line}") + 1
+    assert f'File "<string>", line {lineno}, in <module>' in proc.stderr, why
+    assert "not interrupted" not in proc.stdout, why
 
 
 # ---- shutdown() -------------------------------------------------------------
@@ -748,6 +808,7 @@ def test_shutdown_twice_is_fine():
 # ---- fork -----------------------------------------------------------------------
 
 
+@no_fork_on_windows
 def test_forked_child_gets_results_while_the_parents_workers_are_busy():
     # At fork the parent has two calls running and two queued: the child
     # gets none of them (it would print its own pid), runs its own work,
@@ -795,6 +856,7 @@ def test_forked_child_gets_results_while_the_parents_workers_are_busy():
     assert sorted(lines[1:-1]) == [f"{parent_pid}:{i}" for i in range(4)]
 
 
+@no_fork_on_windows
 def test_child_forked_from_inside_a_pool_call_can_use_the_engine():
     proc = python(
         """
@@ -829,6 +891,7 @@ def test_child_forked_from_inside_a_pool_call_can_use_the_engine():
     assert proc.stdout == "0 10\n"
 
 
+@no_fork_on_windows
 def test_multiprocessing_fork_children_run_background_calls():
     proc = python(
         """
@@ -872,6 +935,7 @@ def test_multiprocessing_fork_children_run_background_calls():
     assert fired == sorted(f"f{i}" for i in [0, 1, 2, 3, 4, 5, 10, 11])
 
 
+@no_fork_on_windows
 def test_module_imported_before_fork_works_in_each_forked_worker():
     # gunicorn --preload: the master imports the app (which uses the pool
     # and the loop thread), then forks workers that serve requests and exit

@@ -15,14 +15,9 @@ import pytest
 
 import backgrounder
 from backgrounder import Task
+from threadname import thread_comm
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="unset")
-
-
-def thread_comm() -> str:
-    """The OS name of the calling thread (pool workers are 'backgrounder')."""
-    with open(f"/proc/self/task/{threading.get_native_id()}/comm") as f:
-        return f.read().strip()
 
 
 def add(x: int, y: int = 0) -> int:
