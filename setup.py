@@ -13,22 +13,35 @@ from glob import glob
 
 from setuptools import Extension, setup
 
-compile_args = ["-std=c11", "-Wall", "-Wextra", "-Wno-missing-field-initializers"]
-link_args = []
-macros = []
-libraries = []
+# On Windows the compiler is MSVC (setuptools' default there): its own flags,
+# and no pthread library (src/platform.h speaks Win32 threads there).
+msvc = sys.platform == "win32"
 
-if sys.platform != "win32":
+macros = []
+link_args = []
+libraries = []
+if msvc:
+    # C11 with its atomics (<stdatomic.h>: VS 2022 17.5 and later); /W3 as
+    # CPython builds itself; the CRT's "use the _s variant" notes are off.
+    compile_args = ["/std:c11", "/experimental:c11atomics", "/W3"]
+    macros.append(("_CRT_SECURE_NO_WARNINGS", "1"))
+else:
+    compile_args = ["-std=c11", "-Wall", "-Wextra", "-Wno-missing-field-initializers"]
     libraries.append("pthread")
 
 if os.environ.get("BACKGROUNDER_WERROR") == "1":
-    compile_args.append("-Werror")
+    compile_args.append("/WX" if msvc else "-Werror")
 
 if os.environ.get("BACKGROUNDER_DEBUG") == "1":
-    compile_args += ["-O0", "-g3", "-UNDEBUG"]
+    if msvc:
+        compile_args += ["/Od", "/Zi", "/UNDEBUG"]
+    else:
+        compile_args += ["-O0", "-g3", "-UNDEBUG"]
     macros.append(("BG_DEBUG", "1"))
 
 sanitize = os.environ.get("BACKGROUNDER_SANITIZE", "")
+if sanitize and msvc:
+    raise SystemExit("BACKGROUNDER_SANITIZE is for gcc and clang builds (Linux, macOS)")
 if sanitize == "address":
     flags = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined"]
     # CPython's CFLAGS carry -fwrapv, which turns UBSan's signed-overflow check off.
@@ -44,7 +57,7 @@ elif sanitize:
 # Each combination of switches builds in a directory of its own: setuptools
 # reuses object files that look newer than their sources, whatever built them.
 flavour = "-".join(
-    name for name, on in [("werror", "-Werror" in compile_args), ("debug", "BG_DEBUG" in dict(macros)),
+    name for name, on in [("werror", os.environ.get("BACKGROUNDER_WERROR") == "1"), ("debug", "BG_DEBUG" in dict(macros)),
                           (sanitize, bool(sanitize))] if on
 ) or "release"
 
