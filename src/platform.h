@@ -1,10 +1,12 @@
 /* platform.h: the thread, lock and clock calls the engine needs, in one place.
  *
- * The bottom of the chain: nothing here calls into another file of the engine,
- * and nothing here touches the Python API.  Everything the engine asks of the
- * OS goes through these few inline functions, in two branches: POSIX threads
- * (Linux, macOS, the BSDs) and Windows (SRW locks, condition variables,
- * _beginthreadex).  Both branches have the same names and the same contracts:
+ * Chain: [platform.h] -> compat.h -> pool -> util -> report -> coro -> bridge
+ *        -> task / tasks / handle -> background -> module.
+ * The bottom of the chain: calls no other file of the engine, and nothing here
+ * touches the Python API.  Everything the engine asks of the OS goes through
+ * these few inline functions, in two branches: POSIX threads (Linux, macOS,
+ * the BSDs) and Windows (SRW locks, condition variables, _beginthreadex).
+ * Both branches have the same names and the same contracts:
  *
  *   bg_mutex, bg_cond, bg_once, bg_tls     BG_MUTEX_INITIALIZER, BG_ONCE_INIT
  *   bg_monotonic()                         seconds on a clock that never jumps
