@@ -7,17 +7,18 @@ OS wait really waits on: a timed wait neither returns at once nor outlives
 its deadline.
 
 The stack is read from inside the thread: `pthread_getattr_np` on Linux,
-`GetCurrentThreadStackLimits` on Windows (both through ctypes), in a fresh
-interpreter, so that the pool has no worker started before the stack size
-was set.
+`pthread_get_stacksize_np` on macOS, `GetCurrentThreadStackLimits` on
+Windows (through ctypes), in a fresh interpreter, so that the pool has no
+worker started before the stack size was set.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import platform
 import subprocess
 import sys
-import textwrap
+import threading
 import time
 
 import pytest
@@ -39,9 +40,12 @@ def stack_size():
         ctypes.windll.kernel32.GetCurrentThreadStackLimits(ctypes.byref(low), ctypes.byref(high))
         return high.value - low.value
     libc = ctypes.CDLL(None)
+    libc.pthread_self.restype = ctypes.c_void_p
+    if sys.platform == "darwin":
+        libc.pthread_get_stacksize_np.restype = ctypes.c_size_t
+        return libc.pthread_get_stacksize_np(ctypes.c_void_p(libc.pthread_self()))
     attr = ctypes.create_string_buffer(256)   # pthread_attr_t: 56 bytes on glibc x86-64
     size = ctypes.c_size_t()
-    libc.pthread_self.restype = ctypes.c_void_p
     assert libc.pthread_getattr_np(ctypes.c_void_p(libc.pthread_self()), attr) == 0
     assert libc.pthread_attr_getstacksize(attr, ctypes.byref(size)) == 0
     libc.pthread_attr_destroy(attr)
@@ -59,8 +63,9 @@ print(worker, seen[0])
 """
 
 needs_stack_probe = pytest.mark.skipif(
-    not (sys.platform == "win32" or (sys.platform == "linux" and platform.libc_ver()[0] == "glibc")),
-    reason="the probe reads a thread's stack with glibc's pthread_getattr_np or Windows' GetCurrentThreadStackLimits",
+    not (sys.platform in ("win32", "darwin") or (sys.platform == "linux" and platform.libc_ver()[0] == "glibc")),
+    reason="the probe reads a thread's stack with glibc's pthread_getattr_np, macOS's pthread_get_stacksize_np"
+    " or Windows' GetCurrentThreadStackLimits",
 )
 
 
@@ -77,8 +82,9 @@ def worker_and_thread_stacks(size: str) -> tuple[int, int]:
 @pytest.mark.parametrize("mib", [3, 24])
 def test_pool_worker_stack_honours_threading_stack_size(mib):
     # 3 MiB and 24 MiB: below and above every platform's default (8 MiB on
-    # Linux, the executable's 2 MB or so on Windows), so that a worker
-    # started with the default stack fails one of the two.
+    # Linux, 16 MiB for CPython's threads on macOS, the executable's 2 MB or
+    # so on Windows), so that a worker started with the default stack fails
+    # one of the two.
     size = mib * 1024 * 1024
     worker, thread = worker_and_thread_stacks(str(size))
     assert thread >= size  # the probe itself reads what threading asked for
@@ -102,9 +108,6 @@ def fast_retire():
 
 
 def test_result_with_timeout_waits_that_long_then_raises_timeout_error():
-    import concurrent.futures
-    import threading
-
     release = threading.Event()
     handle = backgrounder.background(release.wait)(30)
     try:
@@ -119,8 +122,6 @@ def test_result_with_timeout_waits_that_long_then_raises_timeout_error():
 
 
 def test_wait_idle_with_timeout_waits_that_long_then_returns_false():
-    import threading
-
     release = threading.Event()
     handle = backgrounder.background(release.wait)(30)
     try:
