@@ -78,17 +78,18 @@ class LoopThread:
             self._tasks.discard(task)
         with self._idle:
             self._pending -= 1
-            if self._pending == 0:
+            if self._pending <= 1:   # a waiter may leave one out (its own caller)
                 self._idle.notify_all()
-                if self._closing:
-                    self.loop.call_soon_threadsafe(self.loop.stop)
+            if self._pending == 0 and self._closing:
+                self.loop.call_soon_threadsafe(self.loop.stop)
 
-    def wait_idle(self, timeout: float | None) -> bool:
-        """Blocks until no coroutine is pending; False on timeout."""
+    def wait_idle(self, timeout: float | None, exclude: int = 0) -> bool:
+        """Blocks until no coroutine is pending, but `exclude` of them (the
+        ones awaiting the caller itself); False on timeout."""
         if threading.current_thread() is self._thread:
             return self._pending <= 1
         with self._idle:
-            return self._idle.wait_for(lambda: self._pending == 0, timeout)
+            return self._idle.wait_for(lambda: self._pending <= exclude, timeout)
 
     def run(self, coro: Coroutine[Any, Any, Any]) -> Any:
         """Runs ``coro`` to completion on this loop and returns its result

@@ -9,8 +9,8 @@
  */
 #include "background.h"
 #include "handle.h"
+#include "bridge.h"
 #include "report.h"
-#include <structmember.h>
 
 /* ---- starting a call ---------------------------------------------------- */
 
@@ -194,6 +194,51 @@ background_forget_engine_calls(bg_state *st)
         }
     }
     Py_DECREF(items);
+}
+
+void
+background_sweep_closed_loops(bg_state *st)
+{
+    PyObject *saved = bg_fetch_exception();
+    PyObject *items = PyDict_Size(st->async_calls) ? PyDict_Items(st->async_calls) : NULL;
+    for (Py_ssize_t i = 0; items != NULL && i < PyList_GET_SIZE(items); i++) {
+        PyObject *h = PyTuple_GET_ITEM(PyList_GET_ITEM(items, i), 0);
+        PyObject *loop = handle_loop((HandleObject *)h);
+        if (PyTuple_GET_ITEM(PyList_GET_ITEM(items, i), 1) == Py_None || loop == NULL) {
+            continue;   /* the engine's own loop: never closed under its calls */
+        }
+        PyObject *closed = PyObject_CallMethod(loop, "is_closed", NULL);
+        int is_closed = closed ? PyObject_IsTrue(closed) : -1;
+        Py_XDECREF(closed);
+        if (is_closed <= 0) {
+            if (is_closed < 0) {
+                PyErr_WriteUnraisable(loop);
+            }
+            continue;
+        }
+        if (PyDict_DelItem(st->async_calls, h) < 0) {
+            PyErr_WriteUnraisable(h);
+            continue;
+        }
+        pool_async_end(st->pool);
+        PyObject *exc = PyObject_CallNoArgs(st->cancelled_error);
+        if (exc != NULL) {
+            bg_report_error(st, "background call %s was lost: its event loop was closed before "
+                            "it finished (await backgrounder.drain() before closing it)",
+                            handle_func((HandleObject *)h), exc);
+            Py_DECREF(exc);
+        }
+        if (exc == NULL || handle_cancel_now(st, (HandleObject *)h) < 0) {
+            PyErr_WriteUnraisable(h);
+        }
+    }
+    if (items == NULL && PyErr_Occurred()) {
+        PyErr_WriteUnraisable(NULL);
+    }
+    Py_XDECREF(items);
+    if (saved != NULL) {
+        bg_restore(saved);
+    }
 }
 
 /* Returns a new reference to func(*args, **kwargs) as a coroutine: what a
@@ -432,8 +477,8 @@ wrapper_dealloc(PyObject *op)
 }
 
 static PyMemberDef wrapper_members[] = {
-    {"__dictoffset__", T_PYSSIZET, offsetof(WrapperObject, dict), READONLY, NULL},
-    {"__weaklistoffset__", T_PYSSIZET, offsetof(WrapperObject, weakreflist), READONLY, NULL},
+    {"__dictoffset__", Py_T_PYSSIZET, offsetof(WrapperObject, dict), Py_READONLY, NULL},
+    {"__weaklistoffset__", Py_T_PYSSIZET, offsetof(WrapperObject, weakreflist), Py_READONLY, NULL},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -589,7 +634,7 @@ background_stop_loop(bg_state *st, int wait, double deadline)
 }
 
 int
-background_wait_idle(bg_state *st, double deadline)
+background_wait_idle(bg_state *st, double deadline, int exclude)
 {
     if (st->loop_runner == NULL) {
         return 1;
@@ -598,13 +643,31 @@ background_wait_idle(bg_state *st, double deadline)
     if (t == NULL) {
         return -1;
     }
-    PyObject *res = PyObject_CallMethod(st->loop_runner, "wait_idle", "O", t);
+    PyObject *res = PyObject_CallMethod(st->loop_runner, "wait_idle", "Oi", t, exclude);
     Py_DECREF(t);
     if (res == NULL) {
         return -1;
     }
     int r = PyObject_IsTrue(res);
     Py_DECREF(res);
+    return r;
+}
+
+int
+background_caller_on_engine_loop(bg_state *st)
+{
+    bg_item *item = pool_current_item(st->pool);
+    PyObject *loop = item != NULL ? bridge_item_loop(item) : NULL;
+    if (loop == NULL || st->loop_runner == NULL) {
+        return 0;
+    }
+    PyObject *own = PyObject_GetAttr(st->loop_runner, st->str_loop);
+    if (own == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    int r = own == loop;
+    Py_DECREF(own);
     return r;
 }
 

@@ -3,7 +3,7 @@
  */
 #include "bridge.h"
 #include "report.h"
-#include <structmember.h>
+#include <signal.h>
 
 /* The module's `inboxes` dict maps a weak reference to each loop to a weak
  * reference to its inbox: what keeps an inbox alive is what needs it (the
@@ -259,7 +259,7 @@ settle(bg_state *st, bg_item *item, PyObject **interrupt)
         }
     }
     else if (done != 1 || !PyErr_GivenExceptionMatches(err, st->invalid_state)) {
-        bg_raise(err);
+        bg_restore(Py_NewRef(err));
         PyErr_WriteUnraisable(fut);
     }
     Py_DECREF(err);
@@ -279,16 +279,31 @@ arm(bg_state *st, InboxObject *inbox)
     drain->inbox = (InboxObject *)Py_NewRef(inbox);
     drain->ran = 0;
     PyObject_GC_Track(drain);
-    PyObject *res = PyObject_CallMethodOneArg(
-        inbox->loop, st->str_call_soon_threadsafe, (PyObject *)drain);
-    if (res == NULL) {
-        /* "Event loop is closed": expected, the completions are dropped by
-           the drain's dealloc below.  Anything else (no memory): they stay,
-           for the next completion to try again. */
-        if (!PyErr_ExceptionMatches(PyExc_RuntimeError)) {
+    PyObject *res = NULL;
+    for (int attempt = 0; res == NULL && attempt < 2; attempt++) {
+        res = PyObject_CallMethodOneArg(inbox->loop, st->str_call_soon_threadsafe, (PyObject *)drain);
+        if (res != NULL || PyErr_ExceptionMatches(PyExc_RuntimeError)) {
+            break;
+        }
+        if (PyErr_ExceptionMatches(PyExc_KeyboardInterrupt)) {
+            /* Ctrl-C landed in it: delivered again at the next chance,
+               where this thread runs Python code; the drain is retried. */
+            PyErr_Clear();
+            PyErr_SetInterruptEx(SIGINT);
+        }
+        else if (attempt == 1) {
+            /* No memory, twice: the completions stay, for the next
+               completion to try again. */
             inbox->armed = 0;
             PyErr_WriteUnraisable(inbox->loop);
         }
+        else {
+            PyErr_Clear();
+        }
+    }
+    if (res == NULL) {
+        /* "Event loop is closed": expected, the completions are dropped by
+           the drain's dealloc below. */
         PyErr_Clear();
     }
     Py_XDECREF(res);
@@ -321,6 +336,12 @@ bridge_post(bg_item *item)
         arm(st, inbox);
     }
     Py_DECREF(inbox);
+}
+
+PyObject *
+bridge_item_loop(bg_item *item)
+{
+    return item->inbox != NULL ? ((InboxObject *)item->inbox)->loop : NULL;
 }
 
 /* ---- pool ops for awaited futures ----------------------------------------- */
@@ -362,12 +383,34 @@ inbox_traverse(PyObject *op, visitproc visit, void *arg)
     return 0;
 }
 
+/* Collected with completions still in it (its loop unreachable, stopped
+   and dropped): nobody can await them; their failures are reported here,
+   before the GC clears anything (PEP 442), not in tp_clear. */
+static void
+inbox_finalize(PyObject *op)
+{
+    InboxObject *self = (InboxObject *)op;
+    if (self->head != NULL) {
+        PyObject *saved = bg_fetch_exception();
+        inbox_discard(inbox_state(self), self);
+        if (saved != NULL) {
+            bg_restore(saved);
+        }
+    }
+}
+
 static int
 inbox_clear(PyObject *op)
 {
     InboxObject *self = (InboxObject *)op;
-    if (self->head != NULL) {
-        inbox_discard(inbox_state(self), self);   /* its loop is unreachable: nobody awaits them */
+    bg_item *items = self->head;
+    self->head = self->tail = NULL;
+    self->armed = 0;
+    while (items) {
+        bg_item *item = items;
+        items = item->next;
+        self->pending--;
+        pool_item_free(item);
     }
     Py_CLEAR(self->loop);
     return 0;
@@ -377,6 +420,9 @@ static void
 inbox_dealloc(PyObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
+    if (PyObject_CallFinalizerFromDealloc(self) < 0) {
+        return;   /* resurrected */
+    }
     PyObject_GC_UnTrack(self);
     if (((InboxObject *)self)->weakreflist != NULL) {
         PyObject_ClearWeakRefs(self);
@@ -387,13 +433,14 @@ inbox_dealloc(PyObject *self)
 }
 
 static PyMemberDef inbox_members[] = {
-    {"__weaklistoffset__", T_PYSSIZET, offsetof(InboxObject, weakreflist), READONLY, NULL},
+    {"__weaklistoffset__", Py_T_PYSSIZET, offsetof(InboxObject, weakreflist), Py_READONLY, NULL},
     {NULL, 0, 0, 0, NULL},
 };
 
 static PyType_Slot inbox_slots[] = {
     {Py_tp_traverse, inbox_traverse},
     {Py_tp_clear, inbox_clear},
+    {Py_tp_finalize, inbox_finalize},
     {Py_tp_dealloc, inbox_dealloc},
     {Py_tp_members, inbox_members},
     {Py_tp_doc, "Completions on their way to one event loop (internal)."},
@@ -439,8 +486,7 @@ drain_call(PyObject *op, PyObject *args, PyObject *kwargs)
     inbox_uncount(st, inbox, n);
     Py_DECREF(inbox);
     if (interrupt != NULL) {
-        bg_raise(interrupt);   /* Ctrl-C reaches the loop's caller */
-        Py_DECREF(interrupt);
+        bg_restore(interrupt);   /* Ctrl-C reaches the loop's caller */
         return NULL;
     }
     Py_RETURN_NONE;

@@ -30,6 +30,10 @@ void bridge_forget(bg_item *item);
    it over. */
 void bridge_post(bg_item *item);
 
+/* The loop whose task awaits `item` (borrowed), or NULL for an item nobody
+   awaits through a loop (a @background call's). */
+PyObject *bridge_item_loop(bg_item *item);
+
 /* Pool ops for an item whose target is an asyncio future: it is skipped when
    the future is already done (cancelled), and posted to its inbox when run. */
 extern const bg_item_ops bridge_future_ops;

@@ -10,6 +10,14 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stddef.h>   /* offsetof, for PyMemberDef */
+
+/* PyMemberDef's type and flag names, spelled as from 3.12 on. */
+#if PY_VERSION_HEX < 0x030C0000
+#include <structmember.h>
+#define Py_T_PYSSIZET T_PYSSIZET
+#define Py_READONLY READONLY
+#endif
 
 /* The exception currently raised, normalized, with its traceback; clears it.
    A new reference, or NULL when no exception is set. */

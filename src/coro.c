@@ -336,7 +336,7 @@ delegate_throw(bg_state *st, PyObject *iter, PyObject *exc, PyObject **result)
         return PYGEN_ERROR;
     }
     if (meth == NULL) {
-        bg_raise(exc);   /* like `yield from`: no throw(), raise it here */
+        bg_restore(Py_NewRef(exc));   /* like `yield from`: no throw(), raise it here */
         return PYGEN_ERROR;
     }
     PyObject *res = PyObject_CallOneArg(meth, exc);

@@ -185,8 +185,7 @@ group_finish(bg_state *st, GroupObject *self, PyObject **result)
     if (self->thrown != NULL) {
         PyObject *thrown = self->thrown;
         self->thrown = NULL;
-        bg_raise(thrown);
-        Py_DECREF(thrown);
+        bg_restore(thrown);
         return PYGEN_ERROR;
     }
     *result = Py_NewRef(Py_None);
@@ -328,7 +327,7 @@ group_throw(PyObject *op, PyObject *exc, PyObject **result)
     }
     if (self->state != GROUP_WAITING) {
         self->state = GROUP_DONE;
-        bg_raise(exc);
+        bg_restore(Py_NewRef(exc));
         return PYGEN_ERROR;
     }
     /* Cancelled (or anything else thrown in): the children are cancelled and

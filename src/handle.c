@@ -2,7 +2,6 @@
 #include "handle.h"
 #include "bridge.h"
 #include "report.h"
-#include <structmember.h>
 
 /* A done callback. */
 typedef struct bg_node {
@@ -235,6 +234,12 @@ handle_func(HandleObject *h)
     return h->func;
 }
 
+PyObject *
+handle_loop(HandleObject *h)
+{
+    return h->loop;
+}
+
 void
 handle_set_running(HandleObject *h, PyObject *loop)
 {
@@ -437,6 +442,12 @@ static PySendResult
 wait_outcome(WaitObject *self, PyObject **result)
 {
     self->state = WAIT_DONE;
+    if (self->handle->state == H_CANCELLED) {
+        /* In a task, a cancelled call is a cancellation (asyncio's, as
+           asyncio.wrap_future gives), not an Exception. */
+        PyErr_SetNone(handle_state(self->handle)->cancelled_error);
+        return PYGEN_ERROR;
+    }
     *result = handle_outcome(self->handle);
     return *result ? PYGEN_RETURN : PYGEN_ERROR;
 }
@@ -585,7 +596,7 @@ wait_throw(PyObject *op, PyObject *exc, PyObject **result)
     if (wait_abandon((WaitObject *)op) < 0) {
         PyErr_WriteUnraisable(op);
     }
-    bg_raise(exc);
+    bg_restore(Py_NewRef(exc));
     return PYGEN_ERROR;
 }
 
@@ -780,7 +791,7 @@ static PyMethodDef handle_methods[] = {
 };
 
 static PyMemberDef handle_members[] = {
-    {"__weaklistoffset__", T_PYSSIZET, offsetof(HandleObject, weakreflist), READONLY, NULL},
+    {"__weaklistoffset__", Py_T_PYSSIZET, offsetof(HandleObject, weakreflist), Py_READONLY, NULL},
     {NULL, 0, 0, 0, NULL},
 };
 

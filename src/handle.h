@@ -41,6 +41,8 @@ void handle_set_running(HandleObject *h, PyObject *loop);
 
 /* The function `h` runs: a borrowed reference. */
 PyObject *handle_func(HandleObject *h);
+/* The loop its async call runs on (borrowed), or NULL. */
+PyObject *handle_loop(HandleObject *h);
 
 /* GIL held.  Settles `h` as cancelled if it is not done yet.  Returns as
    handle_settle. */

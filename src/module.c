@@ -94,8 +94,9 @@ bg_shutdown(PyObject *module, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     double deadline = bg_deadline(timeout);   /* one deadline for both */
-    /* The loop thread first: its coroutines may still hand sync work to the pool. */
-    int r = background_stop_loop(st, wait, deadline);
+    /* The loop thread first: its coroutines may still hand sync work to the
+       pool.  Not waited for when it awaits the very call that shuts down. */
+    int r = background_stop_loop(st, wait && !background_caller_on_engine_loop(st), deadline);
     if (r < 0) {
         return NULL;
     }
@@ -113,8 +114,9 @@ bg_shutdown(PyObject *module, PyObject *args, PyObject *kwargs)
 static int
 wait_idle(bg_state *st, double deadline)
 {
+    int exclude = background_caller_on_engine_loop(st);
     for (;;) {
-        int r = background_wait_idle(st, deadline);
+        int r = background_wait_idle(st, deadline, exclude);
         if (r <= 0) {
             return r;
         }
@@ -123,7 +125,7 @@ wait_idle(bg_state *st, double deadline)
             return r;
         }
         double now = bg_monotonic();   /* both at once: look again, without waiting */
-        r = background_wait_idle(st, now);
+        r = background_wait_idle(st, now, exclude);
         if (r == 1) {
             r = pool_wait_idle(st->pool, now);
         }
@@ -160,6 +162,7 @@ bg_wait_drained(PyObject *module, PyObject *args)
         || bg_parse_timeout(timeout_obj, "drain() argument 'timeout'", 0, &timeout) < 0) {
         return NULL;
     }
+    background_sweep_closed_loops(get_state(module));
     int r = pool_wait_drained(get_state(module)->pool, self_async, bg_deadline(timeout));
     return r < 0 ? NULL : PyBool_FromLong(r);
 }
@@ -263,6 +266,7 @@ static PyObject *
 bg_exit_drain(PyObject *module, PyObject *Py_UNUSED(ignored))
 {
     bg_state *st = get_state(module);
+    background_sweep_closed_loops(st);
     PyObject *funcs = pending_funcs(st);
     if (funcs == NULL) {
         return NULL;
@@ -328,6 +332,7 @@ static PyObject *
 bg_stats(PyObject *module, PyObject *Py_UNUSED(ignored))
 {
     bg_state *st = get_state(module);
+    background_sweep_closed_loops(st);
     bg_pool_stats s;
     pool_get_stats(st->pool, &s);
     return Py_BuildValue(
@@ -480,8 +485,14 @@ register_hooks(PyObject *module)
         goto done;
     }
     Py_DECREF(cf);
+    /* threading._register_atexit (private, but the only hook that runs
+       before non-daemon threads are joined; concurrent.futures uses it
+       too); atexit's if a Python ever lacks it. */
     if (import_attr("threading", "_register_atexit", &register_atexit) < 0) {
-        goto done;
+        PyErr_Clear();
+        if (import_attr("atexit", "register", &register_atexit) < 0) {
+            goto done;
+        }
     }
     res = PyObject_CallOneArg(register_atexit, wait_idle);
     if (res == NULL) {

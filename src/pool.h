@@ -126,6 +126,10 @@ int pool_is_closed(bg_pool *pool);
 
 /* GIL held. */
 void pool_get_stats(bg_pool *pool, bg_pool_stats *out);
+/* GIL held.  The item the calling thread runs, if it is one of the pool's
+   workers (a borrowed pointer, valid while it runs), else NULL. */
+bg_item *pool_current_item(bg_pool *pool);
+
 /* GIL held.  Returns a new list of the callables of the items running and
    queued (the first 64), or NULL with MemoryError set. */
 PyObject *pool_pending_funcs(bg_pool *pool);

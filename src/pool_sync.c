@@ -309,6 +309,13 @@ pool_get_stats(bg_pool *pool, bg_pool_stats *out)
     out->completions = pool->completions;
 }
 
+bg_item *
+pool_current_item(bg_pool *pool)
+{
+    bg_worker *me = current_worker();
+    return me != NULL && me->pool == pool ? me->item : NULL;
+}
+
 PyObject *
 pool_pending_funcs(bg_pool *pool)
 {

@@ -11,7 +11,6 @@
 #include "task.h"
 #include "bridge.h"
 #include "report.h"
-#include <structmember.h>
 
 /* ---- Call: one await of a sync callable ------------------------------------ */
 
@@ -193,7 +192,7 @@ call_throw(PyObject *op, PyObject *exc, PyObject **result)
     if (call_abandon((CallObject *)op, exc) < 0) {
         PyErr_WriteUnraisable(op);
     }
-    bg_raise(exc);
+    bg_restore(Py_NewRef(exc));
     return PYGEN_ERROR;
 }
 
@@ -659,7 +658,7 @@ task_dealloc(PyObject *op)
 }
 
 static PyMemberDef task_members[] = {
-    {"__vectorcalloffset__", T_PYSSIZET, offsetof(TaskObject, vectorcall), READONLY, NULL},
+    {"__vectorcalloffset__", Py_T_PYSSIZET, offsetof(TaskObject, vectorcall), Py_READONLY, NULL},
     {NULL, 0, 0, 0, NULL},
 };
 

@@ -136,7 +136,7 @@ seq_throw(PyObject *op, PyObject *exc, PyObject **result)
     }
     if (self->sub == NULL) {
         self->done = 1;
-        bg_raise(exc);
+        bg_restore(Py_NewRef(exc));
         return PYGEN_ERROR;
     }
     PySendResult status = bg_delegate_throw(coro_state(op), self->sub, exc, result);

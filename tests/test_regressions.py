@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import subprocess
 import sys
 import textwrap
@@ -236,3 +237,101 @@ def test_a_keyboard_interrupt_in_a_done_callback_reaches_the_caller_of_cancel():
         release.set()
         backgrounder.configure(max_workers=40)
     assert blocker.result(10) is True
+
+
+# ---- found by the third review of the C ---------------------------------------------
+
+
+def test_an_async_call_whose_loop_was_closed_under_it_is_reported_and_not_waited_for(caplog):
+    # Kept alive for ever in the engine's table: never settled, never
+    # reported, and every later drain() timed out.
+    @backgrounder.background
+    async def notify_on_a_closed_loop():
+        await asyncio.sleep(3600)
+
+    async def view():
+        return notify_on_a_closed_loop()
+
+    loop = asyncio.new_event_loop()
+    handle = loop.run_until_complete(view())
+    loop.close()
+    with caplog.at_level("ERROR", logger="backgrounder"):
+        assert asyncio.run(backgrounder.drain(timeout=5)) is True
+    assert handle.cancelled()
+    assert backgrounder.stats()["pending_async"] == 0
+    assert any("notify_on_a_closed_loop" in r.getMessage() and "closed" in r.getMessage()
+               for r in caplog.records), [r.getMessage() for r in caplog.records]
+    # The task itself is dropped pending: asyncio's own "destroyed but pending" is fine.
+    del handle
+    gc.collect()
+
+
+@pytest.mark.parametrize("what", ["wait_idle", "shutdown"])
+def test_wait_idle_and_shutdown_from_a_call_awaited_on_the_engines_loop_do_not_wait_for_it(what):
+    out = run_script(
+        f"""
+        import time
+        import backgrounder
+        from backgrounder import Task, background
+
+        def sync_part():
+            start = time.monotonic()
+            if "{what}" == "wait_idle":
+                result = backgrounder.wait_idle(timeout=5)
+            else:
+                result = backgrounder.shutdown(wait=True, timeout=5)
+            return result, time.monotonic() - start < 2
+
+        @background
+        async def outer():   # called from sync code: on the engine's own loop
+            return await Task(sync_part)()
+
+        print(outer().result(timeout=20))
+        """
+    )
+    assert out.returncode == 0, out.stderr
+    result, prompt = eval(out.stdout.strip())
+    assert prompt is True, out.stdout
+    assert result is (True if what == "wait_idle" else False), out.stdout
+
+
+def test_awaiting_a_cancelled_handle_is_an_asyncio_cancellation():
+    backgrounder.configure(max_workers=1)
+    release = threading.Event()
+    try:
+        backgrounder.background(release.wait)(10)
+        queued = backgrounder.background(len)("abc")
+        assert queued.cancel()
+
+        async def main():
+            task = asyncio.ensure_future(_await(queued))
+            await asyncio.wait([task])
+            return task.cancelled()
+
+        assert asyncio.run(main()) is True
+    finally:
+        release.set()
+        backgrounder.configure(max_workers=40)
+
+
+async def _await(aw):
+    return await aw
+
+
+def test_throw_into_a_call_does_not_chain_the_exception_the_caller_handles():
+    release = threading.Event()
+
+    async def main():
+        call = Task(release.wait, 5)()
+        call.send(None)
+        thrown = ValueError("thrown")
+        try:
+            raise KeyError("being handled")
+        except KeyError:
+            with pytest.raises(ValueError) as info:
+                call.throw(thrown)
+        release.set()
+        return info.value
+
+    got = asyncio.run(main())
+    assert got.__context__ is None
