@@ -13,7 +13,6 @@ struct HandleObject {
     PyObject_HEAD
     int state;            /* written under the pool's lock */
     int is_done;          /* state is H_CANCELLED or H_FINISHED; the flag waits read */
-    int retrieved;        /* the exception was handed to someone */
     PyObject *func;       /* strong: named in logs and repr */
     PyObject *result;     /* strong, once finished */
     PyObject *exc;        /* strong, once finished with an error */
@@ -21,8 +20,7 @@ struct HandleObject {
     bg_node *callbacks;   /* under the pool's lock */
     bg_item *waiters;     /* under the pool's lock: one item per awaiting task,
                              target its future, inbox that of its loop */
-    HandleObject *failed_prev, *failed_next;   /* st->failed, while on it */
-    int on_failed;
+    bg_lost lost;         /* a failure nobody read yet, on st->lost (report.h) */
     PyObject *weakreflist;
 };
 
@@ -32,67 +30,17 @@ handle_state(HandleObject *h)
     return (bg_state *)PyType_GetModuleState(Py_TYPE(h));
 }
 
-/* ---- the list of unretrieved failures (GIL held) -------------------------- */
-
-static void
-failed_link(bg_state *st, HandleObject *h)
-{
-    h->failed_prev = NULL;
-    h->failed_next = st->failed;
-    if (st->failed) {
-        st->failed->failed_prev = h;
-    }
-    st->failed = h;
-    h->on_failed = 1;
-}
-
-static void
-failed_unlink(bg_state *st, HandleObject *h)
-{
-    if (!h->on_failed) {
-        return;
-    }
-    if (h->failed_prev) {
-        h->failed_prev->failed_next = h->failed_next;
-    }
-    else {
-        st->failed = h->failed_next;
-    }
-    if (h->failed_next) {
-        h->failed_next->failed_prev = h->failed_prev;
-    }
-    h->failed_prev = h->failed_next = NULL;
-    h->on_failed = 0;
-}
-
 /* The exception was handed to someone. */
 static void
 mark_retrieved(HandleObject *h)
 {
-    h->retrieved = 1;
-    failed_unlink(handle_state(h), h);
-}
-
-/* Reports the failure if nobody retrieved it. */
-static void
-report_if_unretrieved(bg_state *st, HandleObject *h)
-{
-    if (h->exc == NULL || h->retrieved) {
-        return;
-    }
-    mark_retrieved(h);
-    bg_report_error(st, BG_CALL_FAILED, h->func, h->exc);
+    report_forget(handle_state(h), &h->lost);
 }
 
 void
 handle_report_unretrieved(bg_state *st)
 {
-    while (st->failed != NULL) {
-        HandleObject *h = (HandleObject *)Py_NewRef(st->failed);
-        report_if_unretrieved(st, h);
-        failed_unlink(st, h);   /* if reporting did not (it always does) */
-        Py_DECREF(h);
-    }
+    report_all_kept(st);
 }
 
 /* ---- settling --------------------------------------------------------------- */
@@ -180,7 +128,7 @@ handle_settle(bg_state *st, HandleObject *h, int state, PyObject *result, PyObje
     h->waiters = NULL;
     pool_unlock_notify(st->pool);
     if (exc != NULL) {
-        failed_link(st, h);
+        report_keep(st, &h->lost, (PyObject *)h, h->func, exc);
     }
     return raise_interrupt(handle_notify(st, h, callbacks, waiters));
 }
@@ -703,8 +651,7 @@ handle_finalize(PyObject *op)
     HandleObject *self = (HandleObject *)op;
     bg_state *st = handle_state(self);
     if (st != NULL) {
-        report_if_unretrieved(st, self);   /* keeps an exception set on entry */
-        failed_unlink(st, self);
+        report_now(st, &self->lost);   /* keeps an exception set on entry */
     }
 }
 
@@ -731,6 +678,7 @@ static int
 handle_clear(PyObject *op)
 {
     HandleObject *self = (HandleObject *)op;
+    report_forget(handle_state(self), &self->lost);   /* it borrows func and exc */
     Py_CLEAR(self->func);
     Py_CLEAR(self->result);
     Py_CLEAR(self->exc);
@@ -829,13 +777,11 @@ handle_new(bg_state *st, PyObject *func)
     }
     h->state = H_PENDING;
     h->is_done = 0;
-    h->retrieved = 0;
     h->func = Py_NewRef(func);
     h->result = h->exc = h->loop = NULL;
     h->callbacks = NULL;
     h->waiters = NULL;
-    h->failed_prev = h->failed_next = NULL;
-    h->on_failed = 0;
+    memset(&h->lost, 0, sizeof(h->lost));
     h->weakreflist = NULL;
     PyObject_GC_Track(h);
     return h;

@@ -255,3 +255,65 @@ bg_report_error(bg_state *st, const char *what, PyObject *func, PyObject *exc)
         bg_restore(saved);
     }
 }
+
+/* ---- failures nobody read yet ----------------------------------------------- */
+
+void
+report_keep(bg_state *st, bg_lost *lost, PyObject *owner, PyObject *func, PyObject *exc)
+{
+    if (lost->linked) {
+        return;
+    }
+    lost->owner = owner;
+    lost->func = func;
+    lost->exc = exc;
+    lost->prev = NULL;
+    lost->next = st->lost;
+    if (st->lost) {
+        st->lost->prev = lost;
+    }
+    st->lost = lost;
+    lost->linked = 1;
+}
+
+void
+report_forget(bg_state *st, bg_lost *lost)
+{
+    if (!lost->linked) {
+        return;
+    }
+    if (lost->prev) {
+        lost->prev->next = lost->next;
+    }
+    else {
+        st->lost = lost->next;
+    }
+    if (lost->next) {
+        lost->next->prev = lost->prev;
+    }
+    lost->prev = lost->next = NULL;
+    lost->linked = 0;
+}
+
+void
+report_now(bg_state *st, bg_lost *lost)
+{
+    if (!lost->linked) {
+        return;
+    }
+    PyObject *func = Py_NewRef(lost->func), *exc = Py_NewRef(lost->exc);
+    report_forget(st, lost);
+    bg_report_error(st, BG_CALL_FAILED, func, exc);
+    Py_DECREF(func);
+    Py_DECREF(exc);
+}
+
+void
+report_all_kept(bg_state *st)
+{
+    while (st->lost != NULL) {
+        PyObject *owner = Py_NewRef(st->lost->owner);   /* reporting may drop the rest */
+        report_now(st, st->lost);
+        Py_DECREF(owner);
+    }
+}

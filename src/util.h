@@ -15,6 +15,7 @@
 #include "pool.h"
 
 typedef struct HandleObject HandleObject;
+typedef struct bg_lost bg_lost;
 
 typedef struct {
     /* Types, all heap types made in module exec. */
@@ -33,8 +34,8 @@ typedef struct {
     PyObject *inboxes;             /* dict: loop -> Inbox, while completions are pending */
     PyObject *async_calls;         /* dict: handle -> its asyncio task (None on the engine's
                                       loop), for every async @background call running */
-    HandleObject *failed;          /* handles that failed, not retrieved yet: a list
-                                      of borrowed pointers, each unlinked by its handle */
+    bg_lost *lost;                 /* failures nobody read yet (report.h): a list of
+                                      nodes inside their owners, each unlinked by it */
 
     /* From the standard library, looked up once. */
     PyObject *get_running_loop;    /* asyncio.get_running_loop */
