@@ -100,8 +100,17 @@ bg_set_stop_iteration(PyObject *value)
     }
 }
 
+/* Where iscoroutinefunction comes from.  asyncio's is deprecated from 3.14
+   (DeprecationWarning at each call, removed in 3.16); before 3.14 it is
+   inspect's plus the `_is_coroutine` marker that asgiref and mock set there. */
+#if PY_VERSION_HEX >= 0x030E0000
+#define ISCOROUTINEFUNCTION_MODULE "inspect"
+#else
+#define ISCOROUTINEFUNCTION_MODULE "asyncio"
+#endif
+
 /* 1 or 0 when the answer is plain from the object's type, -1 when it takes
-   asyncio.iscoroutinefunction (decorated functions, callable objects). */
+   st->iscoroutinefunction (decorated functions, callable objects). */
 static int
 is_async_fast(PyObject *obj)
 {
@@ -122,7 +131,7 @@ is_async_fast(PyObject *obj)
     return -1;
 }
 
-/* Returns asyncio.iscoroutinefunction(obj) as 1/0, or -1 with an exception. */
+/* Returns st->iscoroutinefunction(obj) as 1/0, or -1 with an exception. */
 static int
 call_iscoroutinefunction(bg_state *st, PyObject *obj)
 {
@@ -670,7 +679,7 @@ module_exec(PyObject *module)
     }
     if (import_attr("asyncio", "get_running_loop", &st->get_running_loop) < 0
         || import_attr("asyncio", "ensure_future", &st->ensure_future) < 0
-        || import_attr("asyncio", "iscoroutinefunction", &st->iscoroutinefunction) < 0
+        || import_attr(ISCOROUTINEFUNCTION_MODULE, "iscoroutinefunction", &st->iscoroutinefunction) < 0
         || import_attr("asyncio", "CancelledError", &st->cancelled_error) < 0
         || import_attr("functools", "partial", &st->partial_type) < 0
         || import_attr("concurrent.futures", "CancelledError", &st->futures_cancelled) < 0
@@ -681,19 +690,8 @@ module_exec(PyObject *module)
         || bridge_init_types(module, st) < 0 || background_init_types(module, st) < 0) {
         return -1;
     }
-    /* asyncio.iscoroutinefunction(task) is True, as for 0.2.0's `async def
-       __call__`: frameworks that test a background with it await task(). */
-    PyObject *marker;
-    if (import_attr("asyncio.coroutines", "_is_coroutine", &marker) == 0) {
-        int r = PyObject_SetAttrString((PyObject *)st->task_type, "_is_coroutine", marker);
-        Py_DECREF(marker);
-        if (r < 0) {
-            return -1;
-        }
-    }
-    else {
-        PyErr_Clear();   /* a Python without the marker: nothing to set */
-    }
+    /* Task's __code__ (task.c) is what inspect.iscoroutinefunction and
+       asyncio.iscoroutinefunction see: no private asyncio marker. */
     return register_hooks(module);
 }
 

@@ -31,7 +31,7 @@ typedef struct {
     /* From the standard library, looked up once. */
     PyObject *get_running_loop;    /* asyncio.get_running_loop */
     PyObject *ensure_future;       /* asyncio.ensure_future */
-    PyObject *iscoroutinefunction; /* asyncio.iscoroutinefunction */
+    PyObject *iscoroutinefunction; /* inspect's from 3.14, asyncio's before */
     PyObject *partial_type;        /* functools.partial */
     PyObject *cancelled_error;     /* asyncio.CancelledError */
     PyObject *futures_cancelled;   /* concurrent.futures.CancelledError */
