@@ -114,11 +114,12 @@ cat >"$CHROOT/run-dbg.sh" <<'EOF'
 set -euo pipefail
 cd /src
 python3.14-dbg -m venv /venv-dbg
-pins=$(grep -E '^(pytest|pytest-timeout|hypothesis|anyio|uvloop)==' requirements/test.txt)
-# shellcheck disable=SC2086
-/venv-dbg/bin/pip install --quiet $pins
+# The pins (with their environment markers) of what the core tests import.
+grep -E '^(pytest|pytest-timeout|hypothesis|anyio|uvloop)==' requirements/test.txt >/dbg-requirements.txt
+/venv-dbg/bin/pip install --quiet -r /dbg-requirements.txt
 BACKGROUNDER_DEBUG=1 BACKGROUNDER_WERROR=1 /venv-dbg/bin/pip install --quiet --no-deps .
-/venv-dbg/bin/python -c 'import sys, backgrounder._backgrounder as m; assert hasattr(sys, "gettotalrefcount"); print(m.__file__)'
+# From / : in /src the source tree would shadow the installed package.
+(cd / && /venv-dbg/bin/python -c 'import sys, backgrounder._backgrounder as m; assert hasattr(sys, "gettotalrefcount"); print(m.__file__)')
 # -rs lists every skip: the refleak tests must not be among them.
 PYTHONWARNINGS=error /venv-dbg/bin/python -X dev /venv-dbg/bin/pytest -p no:cacheprovider -q -rs \
     --junitxml=/dbg.xml "$@"
