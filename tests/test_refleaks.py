@@ -15,7 +15,7 @@ refleak hunter (regrtest -R) does:
 
 - WARMUP rounds first, so that caches, free lists, interned strings and
   the pool's worker threads reach their steady size (the @background
-  operations need 15 to 20 rounds of 20 calls under python3.14-dbg -X dev:
+  operations need 15 to 30 rounds of 20 calls under python3.14-dbg -X dev:
   before that their count still grows, by less each round);
 - then ROUNDS more rounds of PER_ROUND calls each; after each round the
   engine is idle (backgrounder.wait_idle()) and gc.collect() has run, and
@@ -46,8 +46,8 @@ needs_debug_build = pytest.mark.skipif(
     reason="sys.gettotalrefcount() exists only in a debug build of CPython (python3.X-dbg)",
 )
 
-WARMUP = 25
-ROUNDS = 6
+WARMUP = 40
+ROUNDS = 8
 PER_ROUND = 20
 
 CHILD = textwrap.dedent(
