@@ -308,37 +308,14 @@ pool_submit(bg_pool *pool, bg_item *item)
 
 /* ---- the worker ------------------------------------------------------------ */
 
-/* mu held.  The item a worker takes from the queue is counted as running
-   and kept on the running list until it is finished. */
-static void
+/* mu held.  The item a worker takes from the queue is counted as running,
+   and is the worker's item (what a fork child settles as cancelled) until
+   its owner takes it over. */
+static inline void
 running_add(bg_pool *pool, bg_worker *me, bg_item *item)
 {
     pool->running++;
-    item->run_prev = NULL;
-    item->run_next = pool->running_items;
-    if (pool->running_items) {
-        pool->running_items->run_prev = item;
-    }
-    pool->running_items = item;
     me->item = item;
-}
-
-/* mu held.  Takes the item off the running list (before its owner may free
-   it); it still counts as running until the worker is done with it. */
-static void
-running_unlink(bg_pool *pool, bg_worker *me, bg_item *item)
-{
-    if (item->run_prev) {
-        item->run_prev->run_next = item->run_next;
-    }
-    else if (pool->running_items == item) {
-        pool->running_items = item->run_next;
-    }
-    if (item->run_next) {
-        item->run_next->run_prev = item->run_prev;
-    }
-    item->run_next = item->run_prev = NULL;
-    me->item = NULL;
 }
 
 /* GIL held.  Runs one item (counted as running) in its context and hands it
@@ -366,12 +343,14 @@ run_item(bg_pool *pool, bg_worker *me, bg_item *item)
         }
     }
     int early = run && item->ops->quick_finish;
-    bg_mutex_lock(&pool->mu);
-    running_unlink(pool, me, item);
     if (early) {
+        bg_mutex_lock(&pool->mu);
         pool->nsearching++;
+        bg_mutex_unlock(&pool->mu);
     }
-    bg_mutex_unlock(&pool->mu);
+    /* No longer the worker's before its owner may free it.  Written with
+       the GIL held, which a fork's handlers run under too: no lock. */
+    me->item = NULL;
     if (!run) {
         pool->cancelled++;
     }
@@ -399,10 +378,7 @@ worker_run(bg_pool *pool, bg_worker *me, bg_item *item)
         (void)start_worker(pool);   /* on failure this worker goes on alone */
     }
     for (int batch = 1;; batch++) {
-        bg_item *done = item;
-        /* run_item frees the item (its owner's finish): it leaves the
-           running list first, under mu, so that a fork never sees it freed. */
-        int searching = run_item(pool, me, done);
+        int searching = run_item(pool, me, item);
         bg_mutex_lock(&pool->mu);
         pool->running--;
         /* configure() made the pool smaller: a busy worker takes no more
@@ -510,12 +486,13 @@ static void *
 worker_main(void *arg)
 {
     bg_pool *pool = arg;
-    bg_worker me = {pool, NULL};
+    bg_worker me = {pool, NULL, NULL, NULL};
     bg_thread_set_name("backgrounder");
     bg_tls_set(bg_worker_key, &me);
     PyThreadState *tstate = PyThreadState_New(pool->interp);
 
     bg_mutex_lock(&pool->mu);
+    worker_link(pool, &me);
     while (tstate != NULL) {
         if (pool->nworkers > pool->max_workers) {
             break;   /* configure() made the pool smaller */
@@ -537,6 +514,7 @@ worker_main(void *arg)
 
         bg_mutex_lock(&pool->mu);
     }
+    worker_unlink(pool, &me);
     pool->nworkers--;
     pool->nsearching--;
     /* Leaving while counted as searching: a submitter may have left the

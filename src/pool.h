@@ -42,8 +42,6 @@ typedef struct {
 
 struct bg_item {
     bg_item *next;             /* queue, inbox, waiter or free-list link */
-    bg_item *run_next;         /* the pool's running list, while a worker runs it */
-    bg_item *run_prev;
     const bg_item_ops *ops;
     bg_pool *pool;             /* borrowed: the pool outlives its items */
     PyObject *func;            /* strong: the callable */

@@ -35,7 +35,7 @@ struct bg_pool {
     Py_ssize_t nworker_waits; /* workers among them, in an engine wait (idle, drained, gone) */
     Py_ssize_t nasync;        /* async @background calls not finished, on any loop */
     Py_ssize_t nasync_waits;  /* async calls among them waiting in pool_wait_drained */
-    bg_item *running_items;   /* items taken by workers, not yet finished (for fork) */
+    struct bg_worker *workers_list; /* the worker threads, with the item each runs */
     Py_ssize_t nspinning;     /* workers spinning for work (at most one) */
     double spin_limit;        /* how long the next spin lasts, adapted to how spins fare */
     int spin_skipped;         /* sleeps without a spin since the last one */
@@ -62,10 +62,39 @@ struct bg_pool {
    say) leave itself out of the wait, and a child forked from inside a task
    keep that task.  The key is created with the fork handlers, once per
    process; each worker keeps its bg_worker on its own stack. */
-typedef struct {
+typedef struct bg_worker {
     bg_pool *pool;
-    bg_item *item;
+    bg_item *item;            /* the item it runs: set under mu, cleared with the GIL */
+    struct bg_worker *next, *prev;   /* pool->workers_list, under mu */
 } bg_worker;
+
+/* mu held. */
+static inline void
+worker_link(bg_pool *pool, bg_worker *w)
+{
+    w->prev = NULL;
+    w->next = pool->workers_list;
+    if (pool->workers_list) {
+        pool->workers_list->prev = w;
+    }
+    pool->workers_list = w;
+}
+
+/* mu held. */
+static inline void
+worker_unlink(bg_pool *pool, bg_worker *w)
+{
+    if (w->prev) {
+        w->prev->next = w->next;
+    }
+    else {
+        pool->workers_list = w->next;
+    }
+    if (w->next) {
+        w->next->prev = w->prev;
+    }
+    w->next = w->prev = NULL;
+}
 
 extern bg_tls bg_worker_key;   /* pool_sync.c; created once per process */
 

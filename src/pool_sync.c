@@ -56,19 +56,18 @@ atfork_child(void)
             p->tail->next = p->orphans;
             p->orphans = p->head;
         }
-        bg_item *running = p->running_items;
-        p->running_items = NULL;
-        while (running) {
-            bg_item *next = running->run_next;
-            running->run_next = running->run_prev = NULL;
-            if (self && running == me->item) {
-                p->running_items = running;   /* this very thread goes on with it */
+        /* The items the parent's workers run (read from the copies of
+           their stacks; written under mu or the GIL, both held by fork). */
+        for (bg_worker *w = p->workers_list; w; w = w->next) {
+            if (w != me && w->item != NULL) {
+                w->item->next = p->orphans;
+                p->orphans = w->item;
             }
-            else {
-                running->next = p->orphans;
-                p->orphans = running;
-            }
-            running = next;
+        }
+        p->workers_list = NULL;
+        if (self) {
+            me->next = me->prev = NULL;   /* this very thread goes on with its item */
+            p->workers_list = me;
         }
         p->head = p->tail = NULL;
         p->queued = 0;
@@ -328,8 +327,10 @@ pool_pending_funcs(bg_pool *pool)
     Py_ssize_t n = 0, cap = 64;
     PyObject *found[64];
     bg_mutex_lock(&pool->mu);
-    for (bg_item *it = pool->running_items; it && n < cap; it = it->run_next) {
-        found[n++] = Py_NewRef(it->func);
+    for (bg_worker *w = pool->workers_list; w && n < cap; w = w->next) {
+        if (w->item != NULL) {
+            found[n++] = Py_NewRef(w->item->func);
+        }
     }
     for (bg_item *it = pool->head; it && n < cap; it = it->next) {
         found[n++] = Py_NewRef(it->func);
