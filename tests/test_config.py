@@ -546,3 +546,10 @@ def test_wait_idle_rejects_a_bad_timeout_naming_it(timeout, error):
     with pytest.raises(error) as info:
         backgrounder.wait_idle(timeout=timeout)
     assert repr(timeout) in str(info.value)
+
+
+@pytest.mark.parametrize("value", [0, 0.0, -1, -0.5, -math.inf])
+def test_idle_timeout_not_above_zero_gets_one_rule_and_one_message(defaults, value):
+    with pytest.raises(ValueError) as info:
+        backgrounder.configure(idle_timeout=value)
+    assert str(info.value) == f"configure() argument 'idle_timeout' must be > 0 seconds, not {value!r}"

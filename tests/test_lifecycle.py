@@ -809,6 +809,39 @@ def test_shutdown_twice_is_fine():
 
 
 @no_fork_on_windows
+def test_a_forked_childs_stats_start_from_zero_and_balance():
+    # A gunicorn --preload worker showed the master's counts (submitted 7,
+    # done 6, running 0, queued 0), which never balance in the child.
+    proc = python(
+        """
+        import os, threading, warnings
+        warnings.simplefilter("ignore", DeprecationWarning)   # fork with threads, 3.12+
+        import backgrounder
+        from lcutil import reap
+
+        release = threading.Event()
+        running = backgrounder.background(release.wait)(30)
+        done = [backgrounder.background(len)("abc").result(10) for _ in range(5)]
+        pid = os.fork()
+        if pid == 0:
+            s = backgrounder.stats()
+            zero = all(s[k] == 0 for k in ("submitted", "done", "failed", "cancelled", "running",
+                                           "queued", "threads_started", "wakeups", "completions"))
+            h = backgrounder.background(len)("child")
+            ok = h.result(10) == 5
+            s = backgrounder.stats()
+            balanced = (s["submitted"], s["done"], s["running"], s["queued"]) == (1, 1, 0, 0)
+            os._exit(0 if zero and ok and balanced else 1)
+        code = reap(pid)
+        release.set()
+        print(code, running.result(10))
+        """
+    )
+    assert_clean_exit(proc)
+    assert proc.stdout == "0 True\n", describe(proc, proc.stdout, proc.stderr)
+
+
+@no_fork_on_windows
 def test_forked_child_gets_results_while_the_parents_workers_are_busy():
     # At fork the parent has two calls running and two queued: the child
     # gets none of them (it would print its own pid), runs its own work,
