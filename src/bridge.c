@@ -280,9 +280,17 @@ arm(bg_state *st, InboxObject *inbox)
     drain->ran = 0;
     PyObject_GC_Track(drain);
     PyObject *res = NULL;
+    int closed = 0;
     for (int attempt = 0; res == NULL && attempt < 2; attempt++) {
         res = PyObject_CallMethodOneArg(inbox->loop, st->str_call_soon_threadsafe, (PyObject *)drain);
-        if (res != NULL || PyErr_ExceptionMatches(PyExc_RuntimeError)) {
+        if (res != NULL) {
+            break;
+        }
+        if (PyErr_ExceptionMatches(PyExc_RuntimeError)) {
+            /* "Event loop is closed": expected, the completions are dropped
+               by the drain's dealloc below. */
+            PyErr_Clear();
+            closed = 1;
             break;
         }
         if (PyErr_ExceptionMatches(PyExc_KeyboardInterrupt)) {
@@ -292,19 +300,14 @@ arm(bg_state *st, InboxObject *inbox)
             PyErr_SetInterruptEx(SIGINT);
         }
         else if (attempt == 1) {
-            /* No memory, twice: the completions stay, for the next
-               completion to try again. */
-            inbox->armed = 0;
-            PyErr_WriteUnraisable(inbox->loop);
+            PyErr_WriteUnraisable(inbox->loop);   /* no memory, twice */
         }
         else {
             PyErr_Clear();
         }
     }
-    if (res == NULL) {
-        /* "Event loop is closed": expected, the completions are dropped by
-           the drain's dealloc below. */
-        PyErr_Clear();
+    if (res == NULL && !closed) {
+        inbox->armed = 0;   /* the completions stay, for the next one to try again */
     }
     Py_XDECREF(res);
     Py_DECREF(drain);
