@@ -13,40 +13,51 @@ typedef struct {
 } TasksObject;
 
 /* Returns 0 if a run of `entry` ends in its nesting: every Tasks reachable
-   from it (as an entry, or as a Task's func) is nested less deep than the
-   recursion limit.  Else -1 with RecursionError: a Tasks that contains
-   itself, or one nested too deep to run without exhausting the C stack.
+   from it (as an entry, or as a Task's func) is nested no deeper than the
+   interpreter's recursion limit.  Else -1 with RecursionError: a Tasks
+   that contains itself, or one nested too deep to run.  The depth is
+   counted against sys.getrecursionlimit() (from 3.12 the C stack is no
+   longer bounded by it), and Py_EnterRecursiveCall guards the C stack.
    Runs no Python code, so the lists cannot change under it. */
 static int
-check_nesting(bg_state *st, PyObject *entry)
+check_nesting(bg_state *st, PyObject *entry, int depth)
 {
+    PyObject *list = NULL, *func = NULL;
     if (PyObject_TypeCheck(entry, st->tasks_type)) {
-        PyObject *list = ((TasksObject *)entry)->tasks;
+        list = ((TasksObject *)entry)->tasks;
         if (list == NULL) {
             return 0;
         }
-        if (Py_EnterRecursiveCall(" while running a Tasks nested in itself or too deep")) {
-            return -1;
+    }
+    else if (PyObject_TypeCheck(entry, st->task_type)) {
+        func = ((TaskObject *)entry)->func;
+        if (func == NULL || !PyObject_TypeCheck(func, st->task_type)) {
+            return 0;
         }
-        int r = 0;
+    }
+    else {
+        return 0;
+    }
+    if (depth > Py_GetRecursionLimit()) {
+        PyErr_SetString(PyExc_RecursionError,
+                        "maximum recursion depth exceeded while running a Tasks nested in "
+                        "itself or too deep");
+        return -1;
+    }
+    if (Py_EnterRecursiveCall(" while running a Tasks nested in itself or too deep")) {
+        return -1;
+    }
+    int r = 0;
+    if (list != NULL) {
         for (Py_ssize_t i = 0; i < PyList_GET_SIZE(list) && r == 0; i++) {
-            r = check_nesting(st, PyList_GET_ITEM(list, i));
-        }
-        Py_LeaveRecursiveCall();
-        return r;
-    }
-    if (PyObject_TypeCheck(entry, st->task_type)) {
-        PyObject *func = ((TaskObject *)entry)->func;
-        if (func != NULL && PyObject_TypeCheck(func, st->task_type)) {
-            if (Py_EnterRecursiveCall(" while running a Tasks nested in itself or too deep")) {
-                return -1;
-            }
-            int r = check_nesting(st, func);
-            Py_LeaveRecursiveCall();
-            return r;
+            r = check_nesting(st, PyList_GET_ITEM(list, i), depth + 1);
         }
     }
-    return 0;
+    else {
+        r = check_nesting(st, func, depth + 1);
+    }
+    Py_LeaveRecursiveCall();
+    return r;
 }
 
 /* ---- Seq ------------------------------------------------------------------- */
@@ -258,7 +269,7 @@ tasks_run(TasksObject *self, int as_group)
         PyErr_SetString(PyExc_TypeError, "the Tasks was not initialized: Tasks.__init__ was not called");
         return NULL;
     }
-    if (check_nesting(st, (PyObject *)self) < 0) {
+    if (check_nesting(st, (PyObject *)self, 0) < 0) {
         return NULL;
     }
     return as_group ? group_new(st, self->tasks) : seq_new(st, self);

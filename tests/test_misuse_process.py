@@ -316,7 +316,7 @@ def test_run_sync_racing_shutdown_returns_or_raises_runtime_error():
         for th in threads:
             th.join(max(0, deadline - time.monotonic()))
         print("alive", sum(th.is_alive() for th in threads))
-        print("outcomes", sorted(map(str, outcomes)))
+        print("outcomes", sorted(map(str, outcomes)), flush=True)   # os._exit does not flush
         import os
         os._exit(0)  # a stuck thread must not hold the exit up: the test reads "alive"
         """,
