@@ -377,8 +377,18 @@ def test_background_work_at_exit_may_still_use_executors_and_to_thread(first):
     )
     why = describe(proc)
     assert_ok(proc)
+    # What backgrounder controls: its drain runs before concurrent.futures
+    # refuses new work.
     assert "cannot schedule new futures after interpreter shutdown" not in proc.stderr + proc.stdout, why
-    assert lines(proc) == {"to_thread": "ok", "run_in_executor": "ok", "pool": "ok"}, why
+    # What it does not: from 3.12, CPython refuses to start any new thread
+    # once its shutdown has begun (gh-104690), before any exit hook runs; an
+    # executor that needs a new thread then fails with CPython's own error.
+    allowed = {"ok"}
+    if sys.version_info >= (3, 12):
+        allowed.add("failed: RuntimeError(\"can't create new thread at interpreter shutdown\")")
+    got = lines(proc)
+    assert set(got) == {"to_thread", "run_in_executor", "pool"}, why
+    assert set(got.values()) <= allowed, why
 
 
 def test_an_unretrieved_exception_of_a_handle_held_at_exit_is_logged_with_its_traceback():
