@@ -503,6 +503,60 @@ def test_exit_wait_says_what_it_waits_for_and_ctrl_c_abandons_it_in_one_line(log
     assert took < WAIT, why
 
 
+@sigint_to_a_child
+def test_ctrl_c_twice_stops_the_main_thread_then_abandons_the_background_work():
+    # A server's Ctrl-C: the first ends the main thread (its own
+    # KeyboardInterrupt), the exit then says what it waits for; the second
+    # abandons that work in one line, with no traceback after it.
+    source = """
+import os, threading, time
+import backgrounder
+
+release = threading.Event()
+
+@backgrounder.background
+def nightly_export():
+    release.wait(60)
+
+nightly_export()
+os.write(1, b"ready\\n")
+time.sleep(60)
+"""
+    proc = subprocess.Popen(
+        [sys.executable, "-X", "faulthandler", "-c", textwrap.dedent(source)],
+        cwd=SCRIPTS,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout.readline() == "ready\n"
+        proc.send_signal(signal.SIGINT)   # the first: the main thread's KeyboardInterrupt
+        seen = []
+        while True:
+            line = proc.stderr.readline()
+            assert line, "".join(seen)
+            seen.append(line)
+            if "Waiting for" in line:
+                break
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)   # the second: abandon
+        _, rest = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    err = "".join(seen) + rest
+    why = describe(proc, "", err)
+    assert proc.returncode not in CRASH_CODES, why
+    assert seen[-1].rstrip("\n") == (
+        "WARNING:backgrounder:Waiting for 1 background call to complete. (CTRL+C again to abandon it)"
+    ), why
+    after = [line for line in rest.splitlines() if line.strip()]
+    assert after == ["WARNING:backgrounder:Abandoned 1 background call: __main__.nightly_export"], why
+
+
 def test_exit_wait_is_silent_when_nothing_is_left():
     proc = python(
         """
