@@ -3,8 +3,6 @@
 
 #define CORO(self) ((bg_coro *)(self))
 
-PyObject *bg_coro_await(PyObject *self);
-PySendResult bg_coro_am_send(PyObject *self, PyObject *value, PyObject **result);
 
 static inline int
 is_bg_coro(PyObject *obj)

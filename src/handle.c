@@ -37,12 +37,6 @@ mark_retrieved(HandleObject *h)
     report_forget(handle_state(h), &h->lost);
 }
 
-void
-handle_report_unretrieved(bg_state *st)
-{
-    report_all_kept(st);
-}
-
 /* ---- settling --------------------------------------------------------------- */
 
 static void

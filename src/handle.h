@@ -48,10 +48,6 @@ PyObject *handle_loop(HandleObject *h);
    handle_settle. */
 int handle_cancel_now(bg_state *st, HandleObject *h);
 
-/* At exit: reports every failure not retrieved yet, of handles still
-   alive, and marks them retrieved. */
-void handle_report_unretrieved(bg_state *st);
-
 /* Module exec: makes the handle types.  Returns 0 or -1. */
 int handle_init_types(PyObject *module, bg_state *st);
 

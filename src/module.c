@@ -302,7 +302,7 @@ bg_exit_drain(PyObject *module, PyObject *Py_UNUSED(ignored))
     }
     /* What failed and is still referenced (a global, say) is reported now,
        while logging still works. */
-    handle_report_unretrieved(st);
+    report_all_kept(st);
     return r < 0 ? NULL : PyBool_FromLong(r);
 }
 
@@ -320,7 +320,7 @@ bg_at_exit(PyObject *module, PyObject *Py_UNUSED(ignored))
         Py_XDECREF(exc);
         return NULL;
     }
-    handle_report_unretrieved(st);
+    report_all_kept(st);
     if (exc != NULL) {
         bg_restore(exc);
         return NULL;
