@@ -482,6 +482,27 @@ worker_sleep(bg_pool *pool)
     return pool->closed || pool->head != NULL || pool->nworkers > pool->max_workers;
 }
 
+/* GIL held.  Gives this thread its Python name, backgrounder-worker-N, what
+   threading.current_thread().name and logging's %(threadName)s show (else
+   "Dummy-N"): through the public API, so threading keeps the object it makes
+   for a thread it did not start, as it does for any such thread that calls
+   current_thread() or logs (CPython 3.13+ drops it when the thread ends).
+   A failure (an interpreter shutting down) leaves the default name. */
+static void
+name_python_thread(uint64_t number)
+{
+    PyObject *threading = PyImport_ImportModule("threading");
+    PyObject *thread = threading ? PyObject_CallMethod(threading, "current_thread", NULL) : NULL;
+    PyObject *name = thread ? PyUnicode_FromFormat("backgrounder-worker-%llu",
+                                                   (unsigned long long)number) : NULL;
+    if (name == NULL || PyObject_SetAttrString(thread, "name", name) < 0) {
+        PyErr_Clear();   /* cosmetic: the worker runs its calls all the same */
+    }
+    Py_XDECREF(name);
+    Py_XDECREF(thread);
+    Py_XDECREF(threading);
+}
+
 static void *
 worker_main(void *arg)
 {
@@ -490,8 +511,10 @@ worker_main(void *arg)
     bg_thread_set_name("backgrounder");
     bg_tls_set(bg_worker_key, &me);
     PyThreadState *tstate = PyThreadState_New(pool->interp);
+    int named = 0;
 
     bg_mutex_lock(&pool->mu);
+    uint64_t number = ++pool->serial;
     worker_link(pool, &me);
     while (tstate != NULL) {
         if (pool->nworkers > pool->max_workers) {
@@ -509,6 +532,10 @@ worker_main(void *arg)
         bg_mutex_unlock(&pool->mu);
 
         PyEval_RestoreThread(tstate);
+        if (!named) {
+            named = 1;
+            name_python_thread(number);
+        }
         worker_run(pool, &me, item);   /* returns counted as searching again */
         PyEval_SaveThread();
 

@@ -54,6 +54,7 @@ struct bg_pool {
     uint64_t submitted, done, failed, cancelled, wakeups, completions;
 
     uint64_t threads_started;   /* guarded by mu */
+    uint64_t serial;            /* the last worker's number (its thread's name), under mu */
     size_t stack_size;          /* guarded by mu: threading.stack_size() at the last submit */
 };
 

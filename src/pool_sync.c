@@ -386,5 +386,6 @@ pool_after_fork_child(bg_pool *pool)
     pool->wakeups = pool->completions = 0;
     bg_mutex_lock(&pool->mu);
     pool->threads_started = 0;
+    pool->serial = 0;
     bg_mutex_unlock(&pool->mu);
 }
