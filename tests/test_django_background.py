@@ -5,7 +5,8 @@ Django is set up by the module fixture ``project``: it calls
 ``django.setup()``); no pytest-django.  Requests go through Django's test
 ``Client`` (the WSGI-like handler; an async view then runs under asgiref's
 ``async_to_sync``) and ``AsyncClient`` (the ASGI handler, on the ``run`` loop;
-a sync view then runs under ``sync_to_async``).
+a sync view then runs under ``sync_to_async``).  Django's ASGI handler is
+asyncio code: the AsyncClient tests run under asyncio and uvloop, not trio.
 
 Each view starts a @background function that waits on a gate the test opens
 only after the response has arrived: if the decorator blocked the view, the
@@ -34,6 +35,15 @@ WAIT = 5.0
 
 VIEWS = ["sync", "async"]
 FNS = ["sync", "async"]
+
+# The AsyncClient tests run under asyncio and uvloop only: Django's ASGI
+# handler is asyncio code (under a trio run its first await, the
+# request_started signal's asyncio.gather, fails: trio cannot wait on an
+# asyncio future).
+ASYNC_CLIENT_ONLY_ON_ASYNCIO = pytest.mark.asyncio_only(
+    "Django's AsyncClient (its ASGI handler, Signal.asend's asyncio.gather, asgiref's "
+    "sync_to_async) awaits asyncio futures, which a trio run cannot wait on"
+)
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +99,7 @@ def test_client_response_arrives_before_background_work_completes(project, view_
 
 @pytest.mark.parametrize("fn_kind", FNS)
 @pytest.mark.parametrize("view_kind", VIEWS)
+@ASYNC_CLIENT_ONLY_ON_ASYNCIO
 def test_async_client_response_arrives_before_background_work_completes(
     project, run, view_kind, fn_kind
 ):
@@ -143,6 +154,7 @@ def test_client_view_contextvars_are_visible_in_background_work(project, view_ki
 
 @pytest.mark.parametrize("fn_kind", FNS)
 @pytest.mark.parametrize("view_kind", VIEWS)
+@ASYNC_CLIENT_ONLY_ON_ASYNCIO
 def test_async_client_view_contextvars_are_visible_in_background_work(
     project, run, view_kind, fn_kind
 ):
@@ -190,6 +202,7 @@ def test_client_failing_background_work_is_logged_and_response_is_fine(
 
 @pytest.mark.parametrize("fn_kind", FNS)
 @pytest.mark.parametrize("view_kind", VIEWS)
+@ASYNC_CLIENT_ONLY_ON_ASYNCIO
 def test_async_client_failing_background_work_is_logged_and_response_is_fine(
     project, run, caplog, view_kind, fn_kind
 ):

@@ -20,6 +20,7 @@ import threading
 import time
 import uuid
 
+import anyio
 import pytest
 
 pytest.importorskip("django")
@@ -379,7 +380,7 @@ def test_aenqueue_and_aget_result_from_a_coroutine(api, tasks, run, name):
         result = await getattr(tasks, name).aenqueue(4, 5)
         deadline = time.monotonic() + WAIT
         while not result.is_finished and time.monotonic() < deadline:
-            await asyncio.sleep(0.005)
+            await anyio.sleep(0.005)
             await result.arefresh()
         again = await getattr(tasks, name).aget_result(result.id)
         return result, again
@@ -390,6 +391,10 @@ def test_aenqueue_and_aget_result_from_a_coroutine(api, tasks, run, name):
     assert again.return_value == 9
 
 
+@pytest.mark.asyncio_only(
+    "Django's AsyncClient (its ASGI handler, Signal.asend's asyncio.gather, asgiref's "
+    "sync_to_async) awaits asyncio futures, which a trio run cannot wait on"
+)
 @pytest.mark.parametrize("name", ["gated", "async_gated"])
 def test_async_view_aenqueue_returns_before_the_task_ends(api, tasks, run, name):
     from django.test import AsyncClient
@@ -418,7 +423,7 @@ def test_async_task_enqueued_inside_a_loop_outlives_that_loop(api, tasks, run):
 
     async def main():
         result = tasks.async_gated.enqueue(t)  # plain enqueue(), inside a running loop
-        assert await asyncio.to_thread(tasks.started(t).wait, WAIT)
+        assert await anyio.to_thread.run_sync(tasks.started(t).wait, WAIT)
         return result
 
     try:

@@ -2,11 +2,13 @@
 
 Each framework (Starlette, FastAPI, Lilya, Ravyn, Esmerald) awaits
 `background()` after it has sent the response body. These tests drive real applications
-through httpx's ASGITransport inside the `run` fixture (so under asyncio and
-uvloop) and through each framework's own test client, and check that the
-work ran after the response, with its arguments, on the right thread, and
-that its failures reach the caller. The last tests use a Task with anyio's
-task groups directly, as Lilya's `Tasks(as_group=True)` and many apps do.
+through httpx's ASGITransport inside the `run` fixture (so under asyncio,
+uvloop and trio) and through each framework's own test client (its anyio
+portal on the same loop kind), and check that the work ran after the
+response, with its arguments, on the right thread, and that its failures
+reach the caller.  Every framework here runs under trio as well, through
+anyio. The last tests use a Task with anyio's task groups directly, as
+Lilya's `Tasks(as_group=True)` and many apps do.
 
 Esmerald (3.9.4, the newest) works only with Lilya 0.23.3, and Ravyn (its
 successor) needs the newest Lilya: the two cannot be installed together.
@@ -110,8 +112,23 @@ class ThreadInfo:
     dummy: bool  # threading.current_thread() is a _DummyThread
 
 
-def loop_kind_of(loop: asyncio.AbstractEventLoop) -> str:
-    return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
+def running_loop() -> Any:
+    """What stands for the running event loop: asyncio's loop object, or,
+    in a trio run (which has no loop object), that run's TrioToken."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        import trio
+
+        return trio.lowlevel.current_trio_token()
+
+
+def loop_kind_of(loop: Any) -> str:
+    """The loop kind ("asyncio", "uvloop", "trio") of what running_loop() gave."""
+    module = type(loop).__module__
+    if module.startswith("trio"):
+        return "trio"
+    return "uvloop" if module.startswith("uvloop") else "asyncio"
 
 
 def current_thread_info() -> ThreadInfo:
@@ -131,7 +148,7 @@ class Call:
     args: tuple
     kwargs: dict
     thread: ThreadInfo
-    loop: asyncio.AbstractEventLoop | None  # the running loop, for async work
+    loop: Any  # running_loop(), for async work; None for sync work
 
 
 class Boom(Exception):
@@ -144,16 +161,15 @@ class Recorder:
     def __init__(self) -> None:
         self.events: list[Any] = []  # SENT and Call entries, in order
         self.handler_thread: int | None = None
-        self.handler_loop: asyncio.AbstractEventLoop | None = None
+        self.handler_loop: Any = None  # running_loop() in the handler
 
     def sync(self, name: str, *args: Any, **kwargs: Any) -> str:
         self.events.append(Call(name, args, kwargs, current_thread_info(), None))
         return name
 
     async def async_(self, name: str, *args: Any, **kwargs: Any) -> str:
-        await asyncio.sleep(0)
-        loop = asyncio.get_running_loop()
-        self.events.append(Call(name, args, kwargs, current_thread_info(), loop))
+        await anyio.sleep(0)
+        self.events.append(Call(name, args, kwargs, current_thread_info(), running_loop()))
         return name
 
     def fail(self, name: str) -> None:
@@ -161,7 +177,7 @@ class Recorder:
         raise Boom(name)
 
     async def async_fail(self, name: str) -> None:
-        await asyncio.sleep(0)
+        await anyio.sleep(0)
         self.events.append(Call(name, (), {}, current_thread_info(), None))
         raise Boom(name)
 
@@ -176,7 +192,7 @@ class Recorder:
 
         def make() -> Any:
             self.handler_thread = threading.get_ident()
-            self.handler_loop = asyncio.get_running_loop()
+            self.handler_loop = running_loop()
             return make_background()
 
         return make
@@ -501,10 +517,15 @@ def test_tasks_as_group_error_propagates_as_exception_group(run, framework, serv
 
 
 @pytest.fixture
-def framework_client(framework: str, loop_factory: Callable[[], Any]) -> Callable[[ASGIApp], Any]:
-    """`framework_client(app)`: the framework's TestClient, on this loop kind."""
+def framework_client(
+    framework: str, loop_kind: str, loop_factory: Callable[[], Any] | None
+) -> Callable[[ASGIApp], Any]:
+    """`framework_client(app)`: the framework's TestClient, on this loop kind
+    (its anyio portal runs trio's backend for "trio")."""
 
     def make(app: ASGIApp) -> Any:
+        if loop_kind == "trio":
+            return TEST_CLIENTS[framework](app, backend="trio")
         options = {"loop_factory": loop_factory}
         return TEST_CLIENTS[framework](app, backend="asyncio", backend_options=options)
 
@@ -868,10 +889,10 @@ def test_anyio_start_soon_runs_a_sync_task_on_a_pool_thread(run, recorder):
 
 
 def test_anyio_start_soon_runs_an_async_task_on_the_loop(run, recorder):
-    async def main() -> asyncio.AbstractEventLoop:
+    async def main() -> Any:
         async with anyio.create_task_group() as tg:
             tg.start_soon(Task(recorder.async_, "work", 1, key="v"))
-        return asyncio.get_running_loop()
+        return running_loop()
 
     loop = run(main())
 
@@ -902,49 +923,75 @@ def test_anyio_task_group_raises_the_task_error_in_an_exception_group(run, recor
     assert excinfo.group_contains(Boom, match="failing work")
 
 
-def test_anyio_cancel_does_not_wait_for_a_running_sync_task(run):
-    # A sync call already running finishes on its thread; the awaiting
-    # task is cancelled at once and the call's result is dropped.
+# How long a trio test holds a running sync call after cancelling its task,
+# so that the cancellation is known to have come while the call ran.
+HOLD = 0.2
+
+
+def test_anyio_cancel_of_a_running_sync_task_follows_the_backends_rule(run, loop_kind):
+    # asyncio and uvloop: a sync call already running finishes on its
+    # thread; the awaiting task is cancelled at once and the call's result
+    # is dropped.  trio (docs/background.md, "## trio"; as
+    # trio.to_thread.run_sync): the running call is waited for, and the
+    # task group ends only once it has finished.
     started = threading.Event()
     release = threading.Event()
     finished = threading.Event()
+    # Under trio, the call is let go HOLD seconds after the cancellation.
+    release_later = threading.Timer(HOLD, release.set)
 
     def block() -> None:
         started.set()
         release.wait(WAIT)
         finished.set()
 
-    async def main() -> float:
+    async def main() -> tuple[float, bool]:
         async with anyio.create_task_group() as tg:
             tg.start_soon(Task(block))
             with anyio.fail_after(WAIT):
-                while not started.is_set():
-                    await anyio.sleep(0.001)
+                assert await anyio.to_thread.run_sync(started.wait, WAIT)
             t0 = time.monotonic()
+            if loop_kind == "trio":
+                release_later.start()
             tg.cancel_scope.cancel()
-        return time.monotonic() - t0
+        return time.monotonic() - t0, finished.is_set()
 
     try:
-        elapsed = run(main())
-        assert not finished.is_set()
+        elapsed, finished_at_exit = run(main())
     finally:
         release.set()
+        if release_later.is_alive():
+            release_later.join()
     assert elapsed < WAIT / 2
-    assert finished.wait(WAIT)
+    if loop_kind == "trio":
+        assert finished_at_exit
+        assert elapsed >= HOLD
+    else:
+        assert not finished_at_exit
+        assert finished.wait(WAIT)
 
 
-def test_anyio_sibling_failure_cancels_a_running_sync_task(run):
+def test_anyio_sibling_failure_cancels_a_running_sync_task(run, loop_kind):
+    # The group raises the sibling's failure alone.  asyncio and uvloop: at
+    # once, the running call left to finish on its thread.  trio: once the
+    # running call has finished (as above).
     started = threading.Event()
     release = threading.Event()
+    finished = threading.Event()
+    release_later = threading.Timer(HOLD, release.set)
+    failed_at: list[float] = []
 
     def block() -> None:
         started.set()
         release.wait(WAIT)
+        finished.set()
 
     async def fail_when_started() -> None:
         with anyio.fail_after(WAIT):
-            while not started.is_set():
-                await anyio.sleep(0.001)
+            assert await anyio.to_thread.run_sync(started.wait, WAIT)
+        failed_at.append(time.monotonic())
+        if loop_kind == "trio":
+            release_later.start()
         raise Boom("sibling")
 
     async def main() -> None:
@@ -952,11 +999,20 @@ def test_anyio_sibling_failure_cancels_a_running_sync_task(run):
             tg.start_soon(Task(block))
             tg.start_soon(fail_when_started)
 
-    t0 = time.monotonic()
     try:
         with pytest.raises(ExceptionGroup) as excinfo:
             run(main())
+        ended_at, finished_at_exit = time.monotonic(), finished.is_set()
     finally:
         release.set()
-    assert time.monotonic() - t0 < WAIT / 2
+        if release_later.is_alive():
+            release_later.join()
+    [t0] = failed_at
     assert [type(e) for e in excinfo.value.exceptions] == [Boom]
+    assert ended_at - t0 < WAIT / 2
+    if loop_kind == "trio":
+        assert finished_at_exit
+        assert ended_at - t0 >= HOLD
+    else:
+        assert not finished_at_exit
+        assert finished.wait(WAIT)

@@ -1,7 +1,8 @@
 """backgrounder.taskiq.BackgrounderBroker: taskiq tasks in this process (issue 13).
 
 Each test makes its own broker, so that tasks, middlewares and results of one
-test never reach another; coroutines run under asyncio and uvloop (`run`).
+test never reach another; coroutines run under asyncio and uvloop (`run`),
+not trio: taskiq is asyncio code (see `pytestmark` below).
 The real-server counterpart (the same app on taskiq-redis with a `taskiq
 worker`) is tests/test_scaleout.py, run by .ci/scaleout.sh.
 """
@@ -26,6 +27,16 @@ from taskiq import Context, TaskiqDepends, TaskiqEvents, TaskiqMiddleware  # noq
 from taskiq.exceptions import SendTaskError, TaskiqResultTimeoutError  # noqa: E402
 
 from backgrounder.taskiq import BackgrounderBroker  # noqa: E402
+
+# taskiq runs only on asyncio: under a trio run, AsyncTaskiqTask.wait_result
+# fails at its asyncio.sleep ("no running event loop"), and so does the
+# broker's shutdown(), at the asyncio.get_running_loop() whose future it
+# waits on (tried once: kiq() itself went through).  The tests that
+# touch no loop (no `run`) are not parametrized by loop kind at all.
+pytestmark = pytest.mark.asyncio_only(
+    "taskiq is asyncio code (AsyncTaskiqTask.wait_result awaits asyncio.sleep, the "
+    "broker's shutdown waits on an asyncio future): a trio run has no asyncio loop"
+)
 
 WAIT = 10.0
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
