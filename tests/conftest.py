@@ -1,8 +1,15 @@
 """Fixtures shared by the whole suite.
 
 `run` runs a coroutine to completion on a fresh event loop, once per loop
-kind ("asyncio", "uvloop"; asyncio alone on Windows, where uvloop does not
-exist), so that every behaviour test that touches a loop is checked under both.
+kind: "asyncio", "uvloop" (not on Windows, where uvloop does not exist) and
+"trio" (a trio run, as anyio's trio backend and hypercorn make one), so that
+every behaviour test that touches a loop is checked under each.  Under trio
+the test's coroutine must use no asyncio API: such tests wait with anyio
+(anyio.sleep, anyio.Event, task groups), which runs on all three.
+
+A test that checks asyncio's own objects (loops, asyncio futures and tasks,
+loop callbacks) carries `@pytest.mark.asyncio_only("why")` and runs under
+asyncio and uvloop only; the reason says what trio lacks.
 """
 
 from __future__ import annotations
@@ -43,6 +50,12 @@ LOOP_FACTORIES: dict[str, LoopFactory] = {"asyncio": _asyncio_loop}
 if HAVE_UVLOOP:
     LOOP_FACTORIES["uvloop"] = _uvloop_loop
 
+# trio is a test requirement (requirements/test.txt): a missing trio fails the
+# trio runs.  Not on Windows, where .ci/windows.sh installs pure-Python wheels
+# alone and trio needs cffi's binary one.
+HAVE_TRIO = sys.platform != "win32"
+LOOP_KINDS: list[str] = [*sorted(LOOP_FACTORIES), *(["trio"] if HAVE_TRIO else [])]
+
 
 def _cancel_all_tasks(loop: asyncio.AbstractEventLoop) -> None:
     """Cancel what the coroutine left running, as asyncio.run() does."""
@@ -63,6 +76,16 @@ def _cancel_all_tasks(loop: asyncio.AbstractEventLoop) -> None:
                     "task": task,
                 }
             )
+
+
+def run_trio(coro: Coroutine[Any, Any, T]) -> T:
+    """Run `coro` to completion in a new trio run (no asyncio loop runs)."""
+    import trio
+
+    async def main() -> T:
+        return await coro
+
+    return trio.run(main)
 
 
 def run_on(factory: LoopFactory, coro: Coroutine[Any, Any, T]) -> T:
@@ -94,24 +117,39 @@ def _outside_the_source_tree(tmp_path_factory: pytest.TempPathFactory):
     os.chdir(here)
 
 
-@pytest.fixture(params=sorted(LOOP_FACTORIES))
-def loop_kind(request: pytest.FixtureRequest) -> str:
-    """The name of the event loop kind the test runs under."""
-    return request.param
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """`loop_kind`, which `run` and `loop_factory` build on, takes each kind
+    of LOOP_KINDS; trio is left out for tests marked asyncio_only.  A test
+    that parametrizes loop_kind itself is left alone."""
+    if "loop_kind" not in metafunc.fixturenames:
+        return
+    for mark in metafunc.definition.iter_markers("parametrize"):
+        names = mark.args[0]
+        if "loop_kind" in (names.replace(" ", "").split(",") if isinstance(names, str) else names):
+            return
+    kinds = LOOP_KINDS
+    if metafunc.definition.get_closest_marker("asyncio_only") is not None:
+        kinds = sorted(LOOP_FACTORIES)
+    metafunc.parametrize("loop_kind", kinds)
 
 
 @pytest.fixture
-def loop_factory(loop_kind: str) -> LoopFactory:
-    """A callable that makes a new event loop of this kind."""
-    return LOOP_FACTORIES[loop_kind]
+def loop_factory(loop_kind: str) -> LoopFactory | None:
+    """A callable that makes a new event loop of this kind; None for trio,
+    which has no loop object (a test that makes loops itself is asyncio_only)."""
+    return LOOP_FACTORIES.get(loop_kind)
 
 
 @pytest.fixture
-def run(loop_factory: LoopFactory) -> Run[Any]:
-    """`run(coro)` runs `coro` on a fresh loop of this kind and returns its result."""
+def run(loop_kind: str) -> Run[Any]:
+    """`run(coro)` runs `coro` on a fresh loop of this kind (a new trio run
+    for trio) and returns its result."""
+    if loop_kind == "trio":
+        return run_trio
+    factory = LOOP_FACTORIES[loop_kind]
 
     def run(coro: Coroutine[Any, Any, T]) -> T:
-        return run_on(loop_factory, coro)
+        return run_on(factory, coro)
 
     return run
 
