@@ -330,13 +330,17 @@ group_throw(PyObject *op, PyObject *exc, PyObject **result)
         bg_restore(Py_NewRef(exc));
         return PYGEN_ERROR;
     }
-    /* Cancelled (or anything else thrown in): the children are cancelled and
-       waited for, then it is raised. */
+    /* Cancelled (or anything else thrown in): the children are cancelled
+       once, as asyncio.TaskGroup and trio's nursery do, and waited for; then
+       the first thing thrown is raised.  A throw while they wind down does
+       not cancel them again (anyio's cancel scopes cancel the waiting task
+       at every loop iteration): a child's cleanup that awaits runs to its end.
+       Nor does one after a failure cancelled them. */
     if (self->thrown == NULL) {
         self->thrown = Py_NewRef(exc);
-    }
-    if (group_cancel_children(st, self) < 0) {
-        return PYGEN_ERROR;
+        if (!self->failing && group_cancel_children(st, self) < 0) {
+            return PYGEN_ERROR;
+        }
     }
     if (bg_wait_cancel(st, &self->wait) < 0) {
         return PYGEN_ERROR;
