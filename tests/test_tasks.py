@@ -1,4 +1,7 @@
-"""Tasks: in order, or as a group, under asyncio and uvloop."""
+"""Tasks: in order, or as a group, under asyncio, uvloop and trio.
+
+Under trio a group runs its entries in a trio nursery (docs/background.md,
+"trio"): its failures come out as an ExceptionGroup there too."""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import asyncio
 import sys
 import threading
 
+import anyio
 import pytest
 
 from backgrounder import Task, Tasks
@@ -69,7 +73,7 @@ def test_runs_in_order(run):
     log = []
 
     async def record_async(x):
-        await asyncio.sleep(0.01)
+        await anyio.sleep(0.01)
         log.append(x)
 
     tasks = Tasks([Task(log.append, 1), Task(record_async, 2), Task(log.append, 3)])
@@ -128,15 +132,17 @@ def test_nested_tasks_run(run):
 def test_group_runs_entries_at_once(run):
     # Each entry waits for the other: only concurrent runs can finish.
     async def main():
-        a, b = asyncio.Event(), asyncio.Event()
+        a, b = anyio.Event(), anyio.Event()
 
         async def first():
             a.set()
-            await asyncio.wait_for(b.wait(), 5)
+            with anyio.fail_after(5):
+                await b.wait()
 
         async def second():
             b.set()
-            await asyncio.wait_for(a.wait(), 5)
+            with anyio.fail_after(5):
+                await a.wait()
 
         await Tasks([Task(first), Task(second)], as_group=True)()
         return a.is_set() and b.is_set()
@@ -166,13 +172,13 @@ def test_group_failure_cancels_the_other_entries(run):
 
     async def long_sleeper():
         try:
-            await asyncio.sleep(30)
-        except asyncio.CancelledError:
+            await anyio.sleep(30)
+        except anyio.get_cancelled_exc_class():
             cancelled.append(True)
             raise
 
     async def fail_soon():
-        await asyncio.sleep(0.01)
+        await anyio.sleep(0.01)
         raise Boom("first")
 
     with pytest.raises(ExceptionGroup) as info:
@@ -191,54 +197,120 @@ def test_group_gathers_every_failure(run):
     assert sorted(str(e) for e in info.value.exceptions) == ["a", "b"]
 
 
+async def cancel_a_group_while_its_entries_sleep(cleanup) -> tuple[bool, list, list, list]:
+    """Awaits a group of two entries in a task, cancels that task's scope
+    once both entries sleep, and returns: whether the cancellation was
+    caught, what the await returned ([] if it raised), what the entries had
+    logged when the await ended, and what they logged in the end.  An entry
+    runs `cleanup()` when cancelled, then logs "cleaned up"."""
+    states = []
+    at_the_end_of_the_await = []
+    returned = []
+    asleep = 0
+    both_asleep = anyio.Event()
+
+    async def sleeper():
+        nonlocal asleep
+        try:
+            asleep += 1
+            if asleep == 2:
+                both_asleep.set()
+            await anyio.sleep(30)
+        except anyio.get_cancelled_exc_class():
+            await cleanup()
+            states.append("cleaned up")
+            raise
+
+    async def await_the_group():
+        try:
+            await Tasks([Task(sleeper), Task(sleeper)], as_group=True)()
+            returned.append(True)
+        finally:
+            at_the_end_of_the_await.extend(states)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(await_the_group)
+        with anyio.fail_after(5):
+            await both_asleep.wait()
+        tg.cancel_scope.cancel()
+    return tg.cancel_scope.cancelled_caught, returned, at_the_end_of_the_await, states
+
+
 def test_cancelling_a_group_cancels_its_entries_and_waits_for_them(run):
-    async def main():
-        states = []
+    async def cleanup():
+        pass
 
-        async def sleeper():
-            try:
-                await asyncio.sleep(30)
-            except asyncio.CancelledError:
-                await asyncio.sleep(0.01)   # cleanup takes a moment
-                states.append("cleaned up")
-                raise
+    caught, returned, at_the_end_of_the_await, states = run(cancel_a_group_while_its_entries_sleep(cleanup))
+    assert caught is True and returned == []
+    assert at_the_end_of_the_await == states == ["cleaned up", "cleaned up"]
 
-        group = asyncio.ensure_future(Tasks([Task(sleeper), Task(sleeper)], as_group=True)())
-        await asyncio.sleep(0.02)
-        group.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await group
-        return states
 
-    assert run(main()) == ["cleaned up", "cleaned up"]
+def test_a_cancelled_group_lets_its_entries_finish_a_shielded_cleanup(run):
+    # A cleanup that awaits, shielded from the cancellation (trio's and
+    # anyio's idiom), is waited for, as asyncio.TaskGroup and trio's nursery
+    # let it finish.
+    async def cleanup():
+        with anyio.CancelScope(shield=True):
+            await anyio.sleep(0.01)   # cleanup takes a moment
+
+    caught, returned, at_the_end_of_the_await, states = run(cancel_a_group_while_its_entries_sleep(cleanup))
+    assert caught is True and returned == []
+    assert at_the_end_of_the_await == states == ["cleaned up", "cleaned up"]
 
 
 def test_cancelling_a_sequential_run_cancels_the_current_entry(run):
     async def main():
         log = []
+        returned = []
+        asleep = anyio.Event()
 
         async def sleeper():
             try:
-                await asyncio.sleep(30)
-            except asyncio.CancelledError:
+                asleep.set()
+                await anyio.sleep(30)
+            except anyio.get_cancelled_exc_class():
                 log.append("cancelled")
                 raise
 
-        run_ = asyncio.ensure_future(Tasks([Task(sleeper), Task(log.append, "never")])())
-        await asyncio.sleep(0.02)
-        run_.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await run_
-        return log
+        async def await_the_run():
+            await Tasks([Task(sleeper), Task(log.append, "never")])()
+            returned.append(True)
 
-    assert run(main()) == ["cancelled"]
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(await_the_run)
+            with anyio.fail_after(5):
+                await asleep.wait()
+            tg.cancel_scope.cancel()
+        return tg.cancel_scope.cancelled_caught, returned, log
+
+    assert run(main()) == (True, [], ["cancelled"])
 
 
+@pytest.mark.asyncio_only("asyncio.gather is asyncio's own; trio has none (the next test does it with a task group)")
 def test_a_response_style_await_of_tasks_works_with_gather(run):
     log = []
 
     async def main():
         return await asyncio.gather(Tasks([Task(log.append, 1)])(), Tasks([Task(log.append, 2)], as_group=True)())
+
+    results = run(main())
+    assert results == [None, None]
+    assert sorted(log) == [1, 2]
+
+
+def test_tasks_awaited_side_by_side_in_a_task_group_both_run(run):
+    log = []
+
+    async def main():
+        results = []
+
+        async def await_(tasks):
+            results.append(await tasks())
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(await_, Tasks([Task(log.append, 1)]))
+            tg.start_soon(await_, Tasks([Task(log.append, 2)], as_group=True))
+        return results
 
     results = run(main())
     assert results == [None, None]
