@@ -11,6 +11,7 @@ import threading
 import time
 
 from . import _backgrounder
+from ._compat import in_trio_run
 from ._backgrounder import (
     BackgroundHandle,  # noqa
     Task,
@@ -31,18 +32,25 @@ async def drain(timeout: "float | None" = None) -> bool:
     finishes before the loop ends.  Called from an async ``@background``
     call, it does not wait for that call itself."""
     _backgrounder._check_timeout(timeout, "drain() argument 'timeout'")
-    loop = asyncio.get_running_loop()
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        if not in_trio_run():
+            raise
+        from ._trio import drain as trio_drain
+
+        return await trio_drain(timeout)
     me = _backgrounder._is_background_task(asyncio.current_task())
     # The wait blocks a thread, not the loop: the loop's own background
     # calls go on meanwhile.  Cancelling drain() stops that thread too.
     cancelled = threading.Event()
     try:
-        return await loop.run_in_executor(None, _wait_drained, timeout, me, cancelled)
+        return await loop.run_in_executor(None, _drain_slices, timeout, me, cancelled)
     finally:
         cancelled.set()
 
 
-def _wait_drained(timeout: "float | None", me: bool, cancelled: threading.Event) -> bool:
+def _drain_slices(timeout: "float | None", me: bool, cancelled: threading.Event) -> bool:
     """drain()'s wait, on an executor thread: in short slices, so that a
     cancelled drain() leaves no thread behind (an executor that waits for
     its threads, as asyncio.run's does at its end, would wait for it)."""

@@ -14,7 +14,9 @@ asyncio's own "no running event loop" instead.
 
 from __future__ import annotations
 
-from collections.abc import Coroutine
+import threading
+import weakref
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import outcome
@@ -28,6 +30,48 @@ def _token() -> trio.lowlevel.TrioToken:
         return trio.lowlevel.current_trio_token()
     except RuntimeError:
         raise LookupError("no trio run in this thread") from None
+
+
+class _Waiters:
+    """The trio waits on one handle: the handle's only done callback, however
+    many tasks wait and come and go.  A cancelled wait takes its entry out,
+    so cancelled awaits of a long call leave nothing behind."""
+
+    __slots__ = ("entries",)
+
+    def __init__(self) -> None:
+        self.entries: dict[object, tuple[trio.lowlevel.TrioToken, Callable[[], None]]] = {}
+
+    def __call__(self, handle: BackgroundHandle[Any]) -> None:  # on whichever thread settled it
+        with _lock:
+            if _registry.get(handle) is self:
+                del _registry[handle]
+            entries = list(self.entries.values())
+            self.entries.clear()
+        for token, wake in entries:
+            try:
+                token.run_sync_soon(wake)
+            except trio.RunFinishedError:
+                pass  # the run is over: nobody waits any more
+
+
+_lock = threading.Lock()
+_registry: "weakref.WeakKeyDictionary[BackgroundHandle[Any], _Waiters]" = weakref.WeakKeyDictionary()
+
+
+def _subscribe(
+    handle: BackgroundHandle[Any], token: trio.lowlevel.TrioToken, wake: Callable[[], None]
+) -> tuple[_Waiters, object]:
+    key = object()
+    with _lock:
+        waiters = _registry.get(handle)
+        new = waiters is None
+        if waiters is None:
+            waiters = _registry[handle] = _Waiters()
+        waiters.entries[key] = (token, wake)
+    if new:
+        handle.add_done_callback(waiters)  # outside the lock: a done handle calls it at once
+    return waiters, key
 
 
 async def _wait(handle: BackgroundHandle[Any], token: trio.lowlevel.TrioToken, cancel: bool) -> Any:
@@ -45,20 +89,17 @@ async def _wait(handle: BackgroundHandle[Any], token: trio.lowlevel.TrioToken, c
             waiting = False
             trio.lowlevel.reschedule(task, outcome.capture(handle.result, 0))
 
-    def done(_: BackgroundHandle[Any]) -> None:  # on whichever thread settled it
-        try:
-            token.run_sync_soon(wake)
-        except trio.RunFinishedError:
-            pass  # the run is over: nobody waits any more
+    waiters, key = _subscribe(handle, token, wake)
 
     def abort(_: Any) -> trio.lowlevel.Abort:
         nonlocal waiting
         if not cancel or handle.cancel():
             waiting = False
+            with _lock:
+                waiters.entries.pop(key, None)
             return trio.lowlevel.Abort.SUCCEEDED
         return trio.lowlevel.Abort.FAILED  # running: wake() comes when it ends
 
-    handle.add_done_callback(done)
     return await trio.lowlevel.wait_task_rescheduled(abort)
 
 
@@ -99,3 +140,27 @@ async def _group(entries: list[Any]) -> None:
     async with trio.open_nursery() as nursery:
         for entry in entries:
             nursery.start_soon(run, entry)
+
+
+async def drain(timeout: "float | None") -> bool:
+    """backgrounder.drain() in a trio run: the wait blocks a trio worker
+    thread, in short slices; a cancelled drain() abandons it at once, and
+    the thread ends at its next slice."""
+    from . import _drain_slices
+
+    cancelled = threading.Event()
+    try:
+        return await trio.to_thread.run_sync(
+            _drain_slices, timeout, False, cancelled, abandon_on_cancel=True
+        )
+    finally:
+        cancelled.set()
+
+
+def in_trio_run() -> bool:
+    """Whether this thread runs a trio run."""
+    try:
+        trio.lowlevel.current_trio_token()
+    except RuntimeError:
+        return False
+    return True

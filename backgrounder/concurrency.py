@@ -11,7 +11,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
 
 from ._backgrounder import _loop_runner
 from ._backgrounder import run_in_threadpool as run_in_threadpool
-from ._compat import is_async_callable
+from ._compat import in_trio_run, is_async_callable
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -23,14 +23,16 @@ def run_sync(async_function: Coroutine[Any, Any, T]) -> T:
     """Runs a coroutine to completion from sync code and returns its result.
 
     With no event loop running in this thread, it runs on a fresh loop here.
-    Inside a running loop (sync code called from async code), it runs on
-    backgrounder's own loop thread while this thread waits: no nest_asyncio,
-    and the running loop is left alone.
+    Inside a running loop (sync code called from async code, an asyncio
+    loop's or a trio run's), it runs on backgrounder's own loop thread while
+    this thread waits: no nest_asyncio, and the running loop is left alone.
     """
     try:
         running = asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(async_function)
+        if not in_trio_run():
+            return asyncio.run(async_function)
+        running = None  # a trio run: it is not asyncio.run's to nest either
     try:
         runner = _loop_runner()
     except RuntimeError:  # shut down: a loop of its own on a thread of its own

@@ -60,7 +60,16 @@ coro_do_send(PyObject *self, PyObject *value, PyObject **result)
     }
     PySendResult status;
     PyObject *foreign = Py_XNewRef(CORO(self)->foreign);
-    if (foreign != NULL) {
+    if (foreign != NULL && value == Py_None) {
+        /* trio resumes the coroutine it delegates to with an outcome, never
+           None: this is another driver (a second task awaiting the same
+           iterator).  Refused, and the waiting coroutine is left alone, as an
+           early resume is under asyncio. */
+        Py_DECREF(foreign);
+        PyErr_SetString(PyExc_RuntimeError, "coroutine is being awaited already");
+        status = PYGEN_ERROR;
+    }
+    else if (foreign != NULL) {
         status = foreign_answered(self, PyIter_Send(foreign, value, result));
         Py_DECREF(foreign);
     }
@@ -150,6 +159,17 @@ bg_coro_go_foreign(PyObject *self, const char *name, PyObject *args, PyObject *n
     PySendResult status = foreign_answered(self, PyIter_Send(coro, Py_None, result));
     Py_DECREF(coro);
     return status;
+}
+
+int
+bg_in_trio_run(void)
+{
+    PyObject *compat = PyImport_ImportModule("backgrounder._compat");
+    PyObject *res = compat ? PyObject_CallMethod(compat, "in_trio_run", NULL) : NULL;
+    int r = res ? PyObject_IsTrue(res) : -1;
+    Py_XDECREF(res);
+    Py_XDECREF(compat);
+    return r;
 }
 
 PyObject *

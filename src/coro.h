@@ -83,6 +83,9 @@ PySendResult bg_coro_go_foreign(PyObject *self, const char *name, PyObject *args
     {Py_tp_iternext, bg_coro_iternext},                      \
     {Py_tp_methods, bg_coro_methods}
 
+/* Whether this thread runs a trio run: 1, 0, or -1 with an error set. */
+int bg_in_trio_run(void);
+
 PyObject *bg_coro_await(PyObject *self);
 PySendResult bg_coro_am_send(PyObject *self, PyObject *value, PyObject **result);
 PyObject *bg_coro_iternext(PyObject *self);

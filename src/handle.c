@@ -202,26 +202,30 @@ handle_wait(HandleObject *h, double timeout)
     if (h->is_done) {
         return 0;
     }
+    const char *blocks = NULL;
     PyObject *running = PyObject_CallNoArgs(st->get_running_loop);
     if (running == NULL) {
         PyErr_Clear();
+        int trio = timeout < 0 ? bg_in_trio_run() : 0;
+        if (trio < 0) {
+            return -1;
+        }
+        blocks = trio ? "result() without a timeout would block the trio run in this thread "
+                        "until the background call ends: use 'await handle' instead" : NULL;
     }
     else {
         int same = running == h->loop;
         Py_DECREF(running);
-        if (same) {
-            PyErr_SetString(PyExc_RuntimeError,
-                            "result() of a background call running on this very event loop "
-                            "would block it forever: use 'await handle' instead");
-            return -1;
-        }
-        if (timeout < 0) {
-            PyErr_SetString(PyExc_RuntimeError,
-                            "result() without a timeout would block the event loop running in "
-                            "this thread until the background call ends: use 'await handle' "
-                            "instead");
-            return -1;
-        }
+        blocks = same ? "result() of a background call running on this very event loop would "
+                        "block it forever: use 'await handle' instead"
+               : timeout < 0 ? "result() without a timeout would block the event loop running in "
+                               "this thread until the background call ends: use 'await handle' "
+                               "instead"
+                             : NULL;
+    }
+    if (blocks != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, blocks);
+        return -1;
     }
     int r = pool_wait_flag(st->pool, &h->is_done, bg_deadline(timeout));
     if (r < 0) {
