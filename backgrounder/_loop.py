@@ -64,7 +64,7 @@ class LoopThread:
     ) -> None:
         # The task copies the current context: run create_task in the caller's.
         try:
-            task: asyncio.Future[Any] = context.run(self.loop.create_task, coro)
+            task: asyncio.Future[Any] = context.run(_create_task, self.loop, coro)
         except BaseException as exc:  # never leave the call pending
             coro.close()
             task = self.loop.create_future()
@@ -142,3 +142,14 @@ def ends_with_the_call(loop: asyncio.AbstractEventLoop) -> bool:
         return isinstance(executors, dict) and loop in executors
     except TypeError:
         return False
+
+
+def _create_task(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any]) -> "asyncio.Task[Any]":
+    """A task of `coro` on `loop`, in the current context (a copy of the
+    caller's).  That context may name the caller's async library: anyio.run()
+    sets sniffio's variable to "trio" for a trio run.  On this loop it is
+    asyncio's, so anyio and httpx inside the call must find asyncio."""
+    sniffio = sys.modules.get("sniffio")
+    if sniffio is not None:
+        sniffio.current_async_library_cvar.set(None)
+    return loop.create_task(coro)

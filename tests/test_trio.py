@@ -226,6 +226,38 @@ def test_a_sync_call_already_running_when_cancelled_follows_the_backends_rule(ba
         assert finished.wait(5)
 
 
+def test_an_async_background_call_can_use_anyio_whatever_the_callers_backend(backend):
+    # Under trio it runs on backgrounder's own asyncio loop: anyio there must
+    # find asyncio, though anyio.run() marked the caller's context as trio's.
+    import sniffio
+
+    @background
+    async def uses_anyio():
+        await anyio.sleep(0.001)
+        return sniffio.current_async_library(), threading.current_thread().name
+
+    async def main():
+        return await uses_anyio()
+
+    library, thread = anyio.run(main, backend=backend)
+    assert library == "asyncio"
+    assert (thread == threading.main_thread().name) == (backend == "asyncio")
+
+
+def test_a_trio_caller_of_run_sync_waits_while_backgrounders_loop_runs_it(backend):
+    from backgrounder.concurrency import run_sync
+
+    async def on_asyncio():
+        await anyio.sleep(0.001)
+        return threading.get_ident()
+
+    async def main():
+        return run_sync(on_asyncio()), threading.get_ident()
+
+    ran_on, caller = anyio.run(main, backend=backend)
+    assert ran_on != caller
+
+
 def test_trio_is_imported_only_when_the_running_loop_is_trios():
     code = textwrap.dedent(
         """
