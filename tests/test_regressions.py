@@ -9,6 +9,7 @@ import sys
 import textwrap
 import threading
 
+import anyio
 import pytest
 
 import backgrounder
@@ -113,6 +114,11 @@ def test_sending_into_a_call_before_it_is_settled_raises_a_real_exception():
     assert backgrounder.wait_idle(5)
 
 
+@pytest.mark.asyncio_only(
+    "settles the call's asyncio future by hand-driving, then throws asyncio.CancelledError into it; "
+    "under trio a step yields a trio trap that only trio's scheduler may take (the test below "
+    "cancels the awaiter of a failing call without hand-driving, on every loop)"
+)
 def test_a_call_abandoned_after_it_failed_reports_the_exception(run):
     # A group cancelled a child just after the child's sync call had settled
     # its future with an exception: nobody read it, and only asyncio's
@@ -139,6 +145,71 @@ def test_a_call_abandoned_after_it_failed_reports_the_exception(run):
     finally:
         backgrounder.configure(on_error=None)
     assert [str(e) for e in reported] == ["abandoned"]
+
+
+def test_a_sync_call_that_fails_after_its_awaiter_was_cancelled_is_delivered_or_reported(run, loop_kind):
+    # Next to the case above, without driving anything by hand: the awaiter
+    # is cancelled while the call runs, then the call fails.  The failure is
+    # never lost.  asyncio: the awaiter is cancelled at once, nobody reads
+    # the failure, so it is reported.  trio (docs/background.md, "trio"):
+    # the running call is waited for, its failure comes out at the await,
+    # and the cancellation follows at the next checkpoint.
+    class Boom(Exception):
+        pass
+
+    started = threading.Event()
+    fail_now = threading.Event()
+
+    def fail():
+        started.set()
+        fail_now.wait(10)
+        raise Boom("abandoned")
+
+    reported: list[BaseException] = []
+    was_reported = threading.Event()
+    delivered: list[BaseException] = []
+
+    def on_error(exc: BaseException) -> None:
+        reported.append(exc)
+        was_reported.set()
+
+    backgrounder.configure(on_error=on_error)
+    try:
+
+        async def main():
+            scope = anyio.CancelScope()
+
+            async def awaiter():
+                with scope:
+                    try:
+                        await Task(fail)()
+                    except Boom as exc:
+                        delivered.append(exc)
+                    await anyio.lowlevel.checkpoint()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(awaiter)
+                assert await anyio.to_thread.run_sync(started.wait, 10)
+                scope.cancel()
+                # asyncio: the awaiter ended, cancelled; trio: it waits for the call.
+                await anyio.wait_all_tasks_blocked()
+                fail_now.set()
+            if loop_kind != "trio":
+                assert await anyio.to_thread.run_sync(was_reported.wait, 10), "never reported"
+            return scope.cancelled_caught
+
+        cancelled_caught = run(main())
+        assert backgrounder.wait_idle(10)
+    finally:
+        fail_now.set()
+        backgrounder.configure(on_error=None)
+    assert cancelled_caught is True
+    if loop_kind == "trio":
+        assert [str(e) for e in delivered] == ["abandoned"]
+        assert reported == []
+    else:
+        assert delivered == []
+        assert [str(e) for e in reported] == ["abandoned"]
 
 
 # ---- found by the second review of the C (a CPython core developer's eye) ----------
