@@ -5,10 +5,11 @@ each one is tested here against the installed package:
 
 - the ASGI apps (Starlette, FastAPI, Lilya, Ravyn, Esmerald) are imported
   from their files and driven through the framework's own test client, under
-  each loop kind; each example's ``OUTBOX`` is swapped for a recorder that
-  notes which thread the work ran on, and the app is wrapped to note when
-  the response was sent, so the tests see that the work ran after the
-  response, sync work on a pool thread and async work on the loop thread;
+  each loop kind (trio through anyio's trio backend); each example's
+  ``OUTBOX`` is swapped for a recorder that notes which thread the work ran
+  on, and the app is wrapped to note when the response was sent, so the
+  tests see that the work ran after the response, sync work on a pool thread
+  and async work on the loop thread;
 - each app's ``/outbox`` route shows what the work did, and its lifespan
   drains the async ``@background`` work at shutdown: tested through the test
   client and through a real uvicorn process stopped with SIGINT (Ctrl-C);
@@ -165,7 +166,17 @@ def restore_root_logger() -> Iterator[None]:
 
 
 @pytest.fixture
-def client_for(loop_factory: Callable[[], Any]) -> Callable[..., Any]:
+def backend(loop_kind: str, loop_factory: Callable[[], Any] | None) -> dict[str, Any]:
+    """The test client's keyword arguments that run the app on this loop kind:
+    anyio's trio backend for trio (a trio run, as hypercorn with trio makes
+    one), its asyncio backend on a loop of this kind otherwise."""
+    if loop_kind == "trio":
+        return {"backend": "trio"}
+    return {"backend": "asyncio", "backend_options": {"loop_factory": loop_factory}}
+
+
+@pytest.fixture
+def client_for(backend: dict[str, Any]) -> Callable[..., Any]:
     """`client_for(TestClientClass, module)`: a test client of the example's app,
     on this loop kind, with the example's OUTBOX swapped for an Outbox."""
 
@@ -173,8 +184,7 @@ def client_for(loop_factory: Callable[[], Any]) -> Callable[..., Any]:
         outbox = Outbox()
         module.OUTBOX = outbox
         app = recording_sent(module.app, outbox)
-        options = {"loop_factory": loop_factory}
-        client = client_class(app, backend="asyncio", backend_options=options)
+        client = client_class(app, **backend)
         return client, outbox
 
     return make
@@ -362,11 +372,10 @@ def client_class_of(name: str) -> Any:
 
 
 @pytest.mark.parametrize("name", ASGI_PARAMS)
-def test_outbox_route_shows_what_the_background_work_did(name, loop_factory):
+def test_outbox_route_shows_what_the_background_work_did(name, backend):
     module = load_example(name)
     _, (method, path, options), expected = ASGI_EXAMPLES[name]
-    options_ = {"loop_factory": loop_factory}
-    client = client_class_of(name)(module.app, backend="asyncio", backend_options=options_)
+    client = client_class_of(name)(module.app, **backend)
 
     assert client.get("/outbox").json() == {"outbox": []}
     assert client.request(method, path, **options).status_code in (200, 201)
@@ -376,15 +385,14 @@ def test_outbox_route_shows_what_the_background_work_did(name, loop_factory):
 
 
 @pytest.mark.parametrize("name", ASGI_PARAMS)
-def test_lifespan_shutdown_drains_an_async_background_call(name, loop_factory):
+def test_lifespan_shutdown_drains_an_async_background_call(name, backend):
     from starlette.testclient import TestClient
 
     module = load_example(name)
-    options = {"loop_factory": loop_factory}
     # Starlette's client for every app: Lilya's (and so Ravyn's and
     # Esmerald's), as a context manager, never closes the memory streams it
     # talks to the lifespan through (a ResourceWarning, an error here).
-    with TestClient(module.app, backend="asyncio", backend_options=options) as client:
+    with TestClient(module.app, **backend) as client:
         response = client.post("/reports/4")
         assert (response.status_code, response.json()) == (202, {"report": 4, "status": "building"})
     # Leaving the block ran the lifespan's shutdown, then closed the loop:
@@ -528,6 +536,7 @@ def test_uvicorn_ctrl_c_cancels_async_background_work_without_the_drain(name, tm
 # -- taskiq on backgrounder (docs/scale-out.md) ---------------------------------
 
 
+@pytest.mark.asyncio_only("taskiq's brokers and result backends run on asyncio only, never in a trio run")
 def test_taskiq_app_runs_its_tasks_on_backgrounder_and_drains_them_at_shutdown(
     loop_factory, monkeypatch
 ):

@@ -2,8 +2,9 @@
 
 Each test runs one operation in a fresh interpreter (a subprocess with a
 timeout): a warm-up, then many more rounds, each round on a fresh event loop
-of the kind under test.  Between the two the child measures, after
-gc.collect() and backgrounder.wait_idle():
+of the kind under test (for trio, a fresh trio.run, where the operations that
+cancel follow trio's rules: docs/background.md, "trio").  Between the two the
+child measures, after gc.collect() and backgrounder.wait_idle():
 
 - the live instances of `Payload`, the object every operation passes as an
   argument, a keyword argument, a return value and an exception's argument,
@@ -33,6 +34,8 @@ CHILD = textwrap.dedent(
     r'''
     import asyncio, collections, gc, inspect, json, os, sys, threading, time, tracemalloc
 
+    import anyio
+
     import backgrounder
     from backgrounder import Task, Tasks, background
     from backgrounder import _backgrounder
@@ -42,6 +45,10 @@ CHILD = textwrap.dedent(
         from exceptiongroup import ExceptionGroup
 
     OP, LOOP_KIND, WARMUP, ROUNDS, PER_ROUND = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:6])
+    TRIO = LOOP_KIND == "trio"
+    if TRIO:
+        import trio
+        from trio.testing import wait_all_tasks_blocked
 
 
     class Payload:
@@ -65,13 +72,15 @@ CHILD = textwrap.dedent(
         raise Boom(Payload())
 
 
+    # anyio's sleep: under trio, Task(async_ok) runs in the trio task, and
+    # the @background one on backgrounder's own asyncio loop thread.
     async def async_ok(p, *, q):
-        await asyncio.sleep(0)
+        await anyio.sleep(0)
         return Payload()
 
 
     async def async_fail(p, *, q):
-        await asyncio.sleep(0)
+        await anyio.sleep(0)
         raise Boom(Payload())
 
 
@@ -97,6 +106,10 @@ CHILD = textwrap.dedent(
 
 
     def run(coro):
+        if TRIO:
+            async def main():
+                return await coro
+            return trio.run(main)
         loop = new_loop()
         try:
             return loop.run_until_complete(coro)
@@ -119,6 +132,30 @@ CHILD = textwrap.dedent(
         except exc_type as exc:
             return exc
         raise AssertionError(f"{awaitable!r} did not raise {exc_type.__name__}")
+
+
+    async def gather(*awaitables):
+        """asyncio.gather; under trio, the same in a nursery."""
+        if not TRIO:
+            return await asyncio.gather(*awaitables)
+        results = [None] * len(awaitables)
+
+        async def one(i, awaitable):
+            results[i] = await awaitable
+
+        async with trio.open_nursery() as nursery:
+            for i, awaitable in enumerate(awaitables):
+                nursery.start_soon(one, i, awaitable)
+        return results
+
+
+    async def trio_cancelled(scope, awaitable, outcome):
+        """Under trio: awaits `awaitable` in `scope`, noting in `outcome` what it
+        returned and whether the cancellation came at the next checkpoint."""
+        with scope:
+            outcome["result"] = await awaitable
+            await trio.lowlevel.checkpoint()
+            outcome["not cancelled"] = True
 
 
     # ---- the operations: one call each; `async def` ones run in a loop ----
@@ -154,6 +191,17 @@ CHILD = textwrap.dedent(
 
     @op
     async def task_cancelled_before_it_starts():
+        if TRIO:
+            # A trio task always takes its first step: the cancellation is
+            # pending when the await begins, so the call is submitted and
+            # withdrawn at once; one a worker already took is waited for and
+            # returns its result, the cancellation coming at the next checkpoint.
+            outcome, scope = {}, trio.CancelScope()
+            scope.cancel()
+            await trio_cancelled(scope, Task(sync_ok, Payload(), q=Payload())(), outcome)
+            assert scope.cancelled_caught, outcome
+            assert outcome == {} or (list(outcome) == ["result"] and type(outcome["result"]) is Payload), outcome
+            return
         # Cancelled before its first step: the call is closed unsubmitted.
         t = asyncio.ensure_future(Task(sync_ok, Payload(), q=Payload())())
         t.cancel()
@@ -162,6 +210,24 @@ CHILD = textwrap.dedent(
 
     @op
     async def task_cancelled_once_submitted():
+        if TRIO:
+            # Submitted, then cancelled: withdrawn if still queued; if already
+            # running, waited for (its result returned), then cancelled.  (Its
+            # completion may also reach the trio run before the cancellation.)
+            # After two checkpoints the call may be in any of these states.
+            outcome, scope = {}, trio.CancelScope()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(trio_cancelled, scope, Task(sync_ok, Payload(), q=Payload())(), outcome)
+                await trio.sleep(0)
+                await trio.sleep(0)
+                scope.cancel()
+            result = outcome.pop("result", None)
+            assert result is None or type(result) is Payload, result
+            if scope.cancelled_caught:
+                assert outcome == {}, outcome
+            else:
+                assert result is not None and outcome == {"not cancelled": True}, outcome
+            return
         # Submitted, then cancelled: skipped if still queued, its result
         # dropped if already running.
         t = asyncio.ensure_future(Task(sync_ok, Payload(), q=Payload())())
@@ -177,6 +243,19 @@ CHILD = textwrap.dedent(
     async def task_cancelled_while_queued():
         # max_workers=1 (set below): the one worker is held by `blocker`.
         gate.clear()
+        if TRIO:
+            # The call queued behind it is withdrawn and never runs.
+            outcome, blocked, scope = {}, {}, trio.CancelScope()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(trio_cancelled, trio.CancelScope(), Task(gate.wait, 10)(), blocked)
+                await wait_all_tasks_blocked()
+                nursery.start_soon(trio_cancelled, scope, Task(sync_ok, Payload(), q=Payload())(), outcome)
+                await wait_all_tasks_blocked()
+                scope.cancel()
+                gate.set()
+            assert scope.cancelled_caught and outcome == {}, outcome
+            assert blocked == {"result": True, "not cancelled": True}, blocked
+            return
         blocker = asyncio.ensure_future(Task(gate.wait, 10)())
         await asyncio.sleep(0)
         t = asyncio.ensure_future(Task(sync_ok, Payload(), q=Payload())())
@@ -197,6 +276,19 @@ CHILD = textwrap.dedent(
             release.wait(10)
             return Payload()
 
+        if TRIO:
+            # trio's rule: the running call is waited for and its result
+            # returned; the cancellation comes at the next checkpoint.
+            outcome, scope = {}, trio.CancelScope()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(trio_cancelled, scope, Task(work, Payload(), q=Payload())(), outcome)
+                while not started.is_set():
+                    await trio.sleep(0.0005)
+                scope.cancel()
+                release.set()
+            assert scope.cancelled_caught and list(outcome) == ["result"], outcome
+            assert type(outcome.pop("result")) is Payload
+            return
         t = asyncio.ensure_future(Task(work, Payload(), q=Payload())())
         while not started.is_set():
             await asyncio.sleep(0.0005)
@@ -229,7 +321,7 @@ CHILD = textwrap.dedent(
     @op
     async def tasks_group_failing():
         async def sleeper(p, *, q):
-            await asyncio.sleep(10)
+            await anyio.sleep(10)
 
         tasks = Tasks([Task(sleeper, Payload(), q=Payload()), Task(sync_fail, Payload(), q=Payload()),
                        Task(async_fail, Payload(), q=Payload())], as_group=True)
@@ -238,6 +330,17 @@ CHILD = textwrap.dedent(
 
     @op
     async def tasks_group_cancelled():
+        if TRIO:
+            # The group's nursery is cancelled: the sleep ends at once, the
+            # sync call is withdrawn or waited for.
+            tasks = Tasks([Task(trio.sleep, 10), Task(sync_ok, Payload(), q=Payload())], as_group=True)
+            outcome, scope = {}, trio.CancelScope()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(trio_cancelled, scope, tasks(), outcome)
+                await wait_all_tasks_blocked()
+                scope.cancel()
+            assert scope.cancelled_caught and outcome == {}, outcome
+            return
         tasks = Tasks([Task(asyncio.sleep, 10), Task(sync_ok, Payload(), q=Payload())], as_group=True)
         t = asyncio.ensure_future(tasks())
         await asyncio.sleep(0)
@@ -298,7 +401,8 @@ CHILD = textwrap.dedent(
 
     @op
     async def run_sync_inside_a_loop():
-        # A sync function called from async code: run_sync uses another thread.
+        # A sync function called from async code (a trio run's too): run_sync
+        # uses another thread.
         assert type(run_sync(Task(sync_ok, Payload(), q=Payload())())) is Payload
 
 
@@ -319,8 +423,8 @@ CHILD = textwrap.dedent(
     async def workers_retiring_and_starting():
         # idle_timeout 1 ms (set below): workers exit between rounds and new
         # ones start; their threads and thread states must not leak.
-        await asyncio.gather(*(Task(time.sleep, 0.001)() for _ in range(4)))
-        await asyncio.sleep(0.005)
+        await gather(*(Task(time.sleep, 0.001)() for _ in range(4)))
+        await anyio.sleep(0.005)
 
 
     @op

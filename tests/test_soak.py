@@ -2,7 +2,9 @@
 
 Each test runs its scenario in a fresh interpreter (a subprocess with a
 timeout), so that a crash, a hang or a dead worker fails one test instead of
-the session.  Process-level faults (exit with work running, fork while
+the session.  The scenario's coroutine runs on a loop of the kind under test,
+or in a trio run, where gather() and wait_for() below use a nursery and a
+cancel scope.  Process-level faults (exit with work running, fork while
 workers are busy, Ctrl-C, shutdown from inside a call, the loop closed while
 completions are in flight) are in test_lifecycle.py.
 """
@@ -21,12 +23,16 @@ pytestmark = pytest.mark.slow
 PRELUDE = textwrap.dedent(
     """
     import asyncio, json, os, sys, threading, time
+    import anyio
     import backgrounder
     from backgrounder import Task, Tasks, background
     from backgrounder import _backgrounder
     from backgrounder.concurrency import run_sync
 
     LOOP_KIND = sys.argv[1]
+    TRIO = LOOP_KIND == "trio"
+    if TRIO:
+        import trio
 
 
     def new_loop():
@@ -37,11 +43,46 @@ PRELUDE = textwrap.dedent(
 
 
     def run(coro):
+        if TRIO:
+            async def main():
+                return await coro
+            return trio.run(main)
         loop = new_loop()
         try:
             return loop.run_until_complete(coro)
         finally:
             loop.close()
+
+
+    # asyncio.gather; under trio, the same in a nursery.
+    async def gather(*awaitables, return_exceptions=False):
+        if not TRIO:
+            return await asyncio.gather(*awaitables, return_exceptions=return_exceptions)
+        results = [None] * len(awaitables)
+
+        async def one(i, awaitable):
+            try:
+                results[i] = await awaitable
+            except Exception as exc:
+                if not return_exceptions:
+                    raise
+                results[i] = exc
+
+        async with trio.open_nursery() as nursery:
+            for i, awaitable in enumerate(awaitables):
+                nursery.start_soon(one, i, awaitable)
+        return results
+
+
+    # asyncio.wait_for; under trio, trio.fail_after.  Both raise asyncio.TimeoutError.
+    async def wait_for(awaitable, timeout):
+        if not TRIO:
+            return await asyncio.wait_for(awaitable, timeout)
+        try:
+            with trio.fail_after(timeout):
+                return await awaitable
+        except trio.TooSlowError:
+            raise asyncio.TimeoutError from None
 
 
     def rss():
@@ -102,7 +143,7 @@ MILLION = """
         samples = []
         wrong = 0
         for start in range(0, TOTAL, BATCH):
-            results = await asyncio.gather(
+            results = await gather(
                 *(Task(work, i)() for i in range(start, start + BATCH)), return_exceptions=True)
             for i, got in enumerate(results, start):
                 if i % 10 == 7:
@@ -160,7 +201,7 @@ BASE_EXCEPTIONS = """
 
 
     async def async_raise_it(exc):
-        await asyncio.sleep(0)
+        await anyio.sleep(0)
         raise exc
 
 
@@ -223,7 +264,7 @@ REENTRY = """
 
 
     async def async_double(x):
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # in asyncio.run() on the pool thread, whatever the loop kind
         return 2 * x
 
 
@@ -244,7 +285,7 @@ REENTRY = """
 
     async def main():
         # 6 chains 3 deep: at most 24 workers are busy at once, of 40.
-        return await asyncio.wait_for(asyncio.gather(*(Task(nested, 3, i)() for i in range(6))), 60)
+        return await wait_for(gather(*(Task(nested, 3, i)() for i in range(6))), 60)
 
 
     results = run(main())
@@ -312,7 +353,7 @@ BURST = """
 
 
     async def main():
-        results = await asyncio.wait_for(asyncio.gather(*(Task(work, i)() for i in range(N))), 120)
+        results = await wait_for(gather(*(Task(work, i)() for i in range(N))), 120)
         return results == list(range(N))
 
 
@@ -351,10 +392,10 @@ SHRINK = """
         for i in range(300):
             backgrounder.configure(max_workers=4)
             barrier = threading.Barrier(4)
-            await asyncio.gather(*(Task(barrier.wait, 10)() for _ in range(4)))
+            await gather(*(Task(barrier.wait, 10)() for _ in range(4)))
             backgrounder.configure(max_workers=1)
             try:
-                await asyncio.wait_for(asyncio.gather(*(Task(pow, 2, k)() for k in range(8))), 5)
+                await wait_for(gather(*(Task(pow, 2, k)() for k in range(8))), 5)
             except asyncio.TimeoutError:
                 return i, backgrounder.stats()
         return None, backgrounder.stats()
