@@ -9,7 +9,7 @@ __all__ = ["is_async_callable"]
 
 def in_trio_run() -> bool:
     """Whether this thread runs a trio run (trio is never imported here)."""
-    if "trio" not in sys.modules:
+    if sys.modules.get("trio") is None:  # not imported, or its import blocked
         return False
     from ._trio import in_trio_run as in_run
 

@@ -34,8 +34,9 @@ def _token() -> trio.lowlevel.TrioToken:
 
 class _Waiters:
     """The trio waits on one handle: the handle's only done callback, however
-    many tasks wait and come and go.  A cancelled wait takes its entry out,
-    so cancelled awaits of a long call leave nothing behind."""
+    many tasks wait and come and go.  A wait that ends any other way
+    (cancelled, interrupted) takes its entry out, so cancelled awaits of a
+    long call leave nothing behind."""
 
     __slots__ = ("entries",)
 
@@ -48,38 +49,57 @@ class _Waiters:
                 del _registry[handle]
             entries = list(self.entries.values())
             self.entries.clear()
+        # Every waiter is woken, whatever one of them raises (a Ctrl-C in
+        # the thread that settled it, no memory); the first error goes on.
+        error: BaseException | None = None
         for token, wake in entries:
             try:
                 token.run_sync_soon(wake)
             except trio.RunFinishedError:
                 pass  # the run is over: nobody waits any more
+            except BaseException as exc:
+                error = error or exc
+        if error is not None:
+            raise error
 
 
-_lock = threading.Lock()
+# Reentrant: a handle already done calls its new done callback at once, in
+# the thread that adds it, which holds the lock then.
+_lock = threading.RLock()
 _registry: "weakref.WeakKeyDictionary[BackgroundHandle[Any], _Waiters]" = weakref.WeakKeyDictionary()
 
 
 def _subscribe(
-    handle: BackgroundHandle[Any], token: trio.lowlevel.TrioToken, wake: Callable[[], None]
-) -> tuple[_Waiters, object]:
-    key = object()
+    handle: BackgroundHandle[Any], key: object, token: trio.lowlevel.TrioToken, wake: Callable[[], None]
+) -> None:
     with _lock:
         waiters = _registry.get(handle)
-        new = waiters is None
         if waiters is None:
             waiters = _registry[handle] = _Waiters()
+            try:
+                handle.add_done_callback(waiters)
+            except BaseException:
+                # Not attached: nobody may join it.
+                del _registry[handle]
+                raise
         waiters.entries[key] = (token, wake)
-    if new:
-        handle.add_done_callback(waiters)  # outside the lock: a done handle calls it at once
-    return waiters, key
 
 
+def _unsubscribe(handle: BackgroundHandle[Any], key: object) -> None:
+    with _lock:
+        waiters = _registry.get(handle)
+        if waiters is not None:  # else it fired, and let go of every entry
+            waiters.entries.pop(key, None)
+
+
+@trio.lowlevel.enable_ki_protection
 async def _wait(handle: BackgroundHandle[Any], token: trio.lowlevel.TrioToken, cancel: bool) -> Any:
     """Waits for `handle` in the current trio task.  Cancelled while waiting:
     with `cancel`, a call not started yet never starts (trio's rule, as for
     trio.to_thread.run_sync); a call already running is waited for, then the
     cancellation is delivered.  Without `cancel`, the wait ends at once and
-    the call goes on."""
+    the call goes on.  Protected from Ctrl-C (trio delivers it at the wait,
+    through abort), so that no entry is left half made."""
     task = trio.lowlevel.current_task()
     waiting = True
 
@@ -89,18 +109,18 @@ async def _wait(handle: BackgroundHandle[Any], token: trio.lowlevel.TrioToken, c
             waiting = False
             trio.lowlevel.reschedule(task, outcome.capture(handle.result, 0))
 
-    waiters, key = _subscribe(handle, token, wake)
-
     def abort(_: Any) -> trio.lowlevel.Abort:
-        nonlocal waiting
         if not cancel or handle.cancel():
-            waiting = False
-            with _lock:
-                waiters.entries.pop(key, None)
             return trio.lowlevel.Abort.SUCCEEDED
         return trio.lowlevel.Abort.FAILED  # running: wake() comes when it ends
 
-    return await trio.lowlevel.wait_task_rescheduled(abort)
+    key = object()
+    try:
+        _subscribe(handle, key, token, wake)
+        return await trio.lowlevel.wait_task_rescheduled(abort)
+    finally:
+        waiting = False  # a wake() still to come does nothing
+        _unsubscribe(handle, key)
 
 
 def call(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> Coroutine[Any, Any, Any]:

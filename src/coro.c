@@ -67,7 +67,8 @@ coro_do_send(PyObject *self, PyObject *value, PyObject **result)
            early resume is under asyncio. */
         Py_DECREF(foreign);
         PyErr_SetString(PyExc_RuntimeError, "coroutine is being awaited already");
-        status = PYGEN_ERROR;
+        CORO(self)->running = 0;   /* still suspended: its awaiter waits on */
+        return PYGEN_ERROR;
     }
     else if (foreign != NULL) {
         status = foreign_answered(self, PyIter_Send(foreign, value, result));
@@ -130,6 +131,9 @@ bg_coro_go_foreign(PyObject *self, const char *name, PyObject *args, PyObject *n
     PyObject *trio_name = PyUnicode_FromString("trio");
     PyObject *trio = trio_name ? PyImport_GetModule(trio_name) : NULL;   /* never imports it */
     Py_XDECREF(trio_name);
+    if (trio == Py_None) {   /* sys.modules["trio"] = None: its import is blocked */
+        Py_CLEAR(trio);
+    }
     if (trio == NULL) {
         if (PyErr_Occurred()) {
             Py_DECREF(no_loop);

@@ -74,8 +74,9 @@ group_child_done(PyObject *op, PyObject *child)
         PyObject *exc = cancelled == Py_False ? PyObject_CallMethodNoArgs(child, st->str_exception)
                                               : NULL;
         if (exc != NULL && exc != Py_None) {
+            /* Not when a throw cancelled them already: once, as a TaskGroup. */
             self->failing = 1;
-            if (group_cancel_children(st, self) < 0) {
+            if (self->thrown == NULL && group_cancel_children(st, self) < 0) {
                 PyErr_WriteUnraisable(op);
             }
         }

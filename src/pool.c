@@ -535,6 +535,7 @@ worker_main(void *arg)
         if (!named) {
             named = 1;
             name_python_thread(number);
+            bg_thread_set_name("backgrounder");   /* 3.14+ gave the OS the Python name, cut short */
         }
         worker_run(pool, &me, item);   /* returns counted as searching again */
         PyEval_SaveThread();

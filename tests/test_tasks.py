@@ -15,6 +15,9 @@ import pytest
 from backgrounder import Task, Tasks
 
 if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
+
+if sys.version_info < (3, 11):
     from exceptiongroup import ExceptionGroup
 
 
@@ -320,3 +323,52 @@ def test_tasks_awaited_side_by_side_in_a_task_group_both_run(run):
 def test_tasks_has_no_func_of_its_own():
     with pytest.raises(AttributeError):
         Tasks().func
+
+
+def test_a_group_cancelled_then_failing_cancels_its_other_entries_only_once(run, loop_kind):
+    # Cancelled from outside, then an entry fails in its cleanup: the other
+    # entries are not cancelled again (asyncio.TaskGroup aborts once), so a
+    # cleanup that awaits runs to its end.  Shielded, as trio's cancellation
+    # would end it otherwise (under asyncio the group's own re-cancel went
+    # through anyio's shield).
+    log: list[str] = []
+    started = anyio.Event()
+
+    async def patient():
+        try:
+            started.set()
+            await anyio.sleep(30)
+        except anyio.get_cancelled_exc_class():
+            try:
+                with anyio.CancelScope(shield=True):
+                    await anyio.sleep(0.2)  # a cleanup that awaits
+                log.append("cleanup ran to its end")
+            except anyio.get_cancelled_exc_class():
+                log.append("cleanup cancelled again")
+            raise
+
+    async def fails_in_cleanup():
+        try:
+            await anyio.sleep(30)
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                await anyio.sleep(0.05)
+            raise ValueError("failed in its cleanup") from None
+
+    async def main():
+        async with anyio.create_task_group() as tg:
+
+            async def the_group():
+                with pytest.raises(BaseExceptionGroup) as info:
+                    await Tasks([Task(patient), Task(fails_in_cleanup)], as_group=True)()
+                failures = {type(e).__name__ for e in info.value.exceptions}
+                # trio's nursery keeps the other entry's Cancelled beside it.
+                assert failures == ({"ValueError", "Cancelled"} if loop_kind == "trio" else {"ValueError"})
+
+            tg.start_soon(the_group)
+            await started.wait()
+            await anyio.sleep(0.02)
+            tg.cancel_scope.cancel()
+
+    run(main())
+    assert log == ["cleanup ran to its end"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 import threading
 
 import anyio
@@ -92,3 +93,17 @@ def test_the_main_thread_keeps_its_name(run):
 
     assert run(main()) == threading.main_thread().name
     assert backgrounder.stats()["threads_started"] >= 1
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads the OS thread name from /proc (Linux)")
+def test_the_os_keeps_the_short_name_of_a_worker(run):
+    # 3.14+ passes a Python thread name on to the OS, cut to 15 bytes there:
+    # the worker sets its OS name back to "backgrounder" (top, gdb, py-spy).
+    def os_name() -> str:
+        with open(f"/proc/self/task/{threading.get_native_id()}/comm") as comm:
+            return comm.read().strip()
+
+    async def main():
+        return await Task(os_name)()
+
+    assert run(main()) == "backgrounder"

@@ -285,3 +285,64 @@ def test_without_any_event_loop_the_error_is_asyncios():
     call = Task(len, "abc")()
     with pytest.raises(RuntimeError, match="no running event loop"):
         call.send(None)
+
+
+def test_a_wait_that_fails_half_made_leaves_the_handle_awaitable():
+    # An error while a trio wait registers itself (a Ctrl-C, no memory) must
+    # not leave the handle with a waiter list that nothing ever fires.
+    from backgrounder import _trio
+
+    release = threading.Event()
+
+    @background
+    def work():
+        release.wait(10)
+        return 42
+
+    class FailsOnceOnExit:
+        def __init__(self, lock):
+            self.lock, self.armed = lock, True
+
+        def __enter__(self):
+            return self.lock.__enter__()
+
+        def __exit__(self, *exc):
+            self.lock.__exit__(*exc)
+            if self.armed and exc[0] is None and len(_trio._registry):
+                self.armed = False
+                raise RuntimeError("injected, as a Ctrl-C would come")
+
+    async def main():
+        handle = work()
+        lock = _trio._lock
+        _trio._lock = FailsOnceOnExit(lock)
+        try:
+            with pytest.raises(RuntimeError, match="injected"):
+                await handle
+        finally:
+            _trio._lock = lock
+        release.set()
+        with trio.fail_after(10):
+            value = await handle
+        return value, len(_trio._registry)
+
+    import trio
+
+    assert trio.run(main) == (42, 0)
+
+
+def test_a_blocked_trio_import_is_no_trio_run(monkeypatch):
+    # sys.modules["trio"] = None blocks trio's import: no trio run, then.
+    @background
+    def work():
+        return 7
+
+    handle = work()
+    monkeypatch.setitem(sys.modules, "trio", None)
+    assert handle.result() == 7
+
+    async def main():
+        return await Task(pool_thread, 1)()
+
+    with pytest.raises(RuntimeError, match="no running event loop"):
+        main().send(None)
