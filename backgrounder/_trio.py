@@ -74,15 +74,20 @@ def _subscribe(
 ) -> None:
     with _lock:
         waiters = _registry.get(handle)
+        new = waiters is None
         if waiters is None:
             waiters = _registry[handle] = _Waiters()
+        # The entry first: a handle already done calls its new callback at
+        # once, and the entry must be there then.
+        waiters.entries[key] = (token, wake)
+        if new:
             try:
                 handle.add_done_callback(waiters)
             except BaseException:
                 # Not attached: nobody may join it.
                 del _registry[handle]
+                waiters.entries.clear()
                 raise
-        waiters.entries[key] = (token, wake)
 
 
 def _unsubscribe(handle: BackgroundHandle[Any], key: object) -> None:

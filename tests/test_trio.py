@@ -346,3 +346,31 @@ def test_a_blocked_trio_import_is_no_trio_run(monkeypatch):
 
     with pytest.raises(RuntimeError, match="no running event loop"):
         main().send(None)
+
+
+def test_thousands_of_quick_sync_calls_each_wake_their_awaiter():
+    # A call may end before its awaiter registers for the wake-up (the
+    # handle is then done already): no wake-up may be lost.
+    import trio
+
+    def triple(i):
+        return 3 * i
+
+    async def main():
+        results = [None] * 20_000
+
+        async def one(i):
+            results[i] = await Task(triple, i)()
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                for i in range(len(results)):
+                    nursery.start_soon(one, i)
+        return results
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # GIL hand-offs everywhere: the race comes often
+    try:
+        assert trio.run(main) == [3 * i for i in range(20_000)]
+    finally:
+        sys.setswitchinterval(interval)
