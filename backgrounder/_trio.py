@@ -14,6 +14,7 @@ asyncio's own "no running event loop" instead.
 
 from __future__ import annotations
 
+import collections
 import threading
 import weakref
 from collections.abc import Callable, Coroutine
@@ -32,6 +33,53 @@ def _token() -> trio.lowlevel.TrioToken:
         raise LookupError("no trio run in this thread") from None
 
 
+class _Inbox:
+    """The wake-ups bound for one trio run, handed to it in batches: the
+    first wake-up posted schedules one flush through the run's token (a
+    write to its wake-up socket); the ones posted before that flush runs
+    ride along.  Posting takes no lock: a deque append, then the flag."""
+
+    __slots__ = ("token", "wakes", "scheduled")
+
+    def __init__(self, token: trio.lowlevel.TrioToken) -> None:
+        self.token = token
+        self.wakes: collections.deque[Callable[[], None]] = collections.deque()
+        self.scheduled = False
+
+    def post(self, wake: Callable[[], None]) -> None:  # any thread
+        self.wakes.append(wake)
+        if not self.scheduled:
+            # Two posters may both get here: a second flush finds nothing.
+            self.scheduled = True
+            try:
+                self.token.run_sync_soon(self.flush)
+            except trio.RunFinishedError:
+                pass  # the run is over: nobody waits any more
+
+    def flush(self) -> None:  # on the trio thread
+        # The flag first: a wake-up posted from here on schedules a flush of its own.
+        self.scheduled = False
+        wakes = self.wakes
+        while wakes:
+            wakes.popleft()()
+
+
+_inbox_var: "trio.lowlevel.RunVar[_Inbox]" = trio.lowlevel.RunVar("backgrounder_inbox")
+
+
+def _inbox() -> _Inbox:
+    """This trio run's inbox (on the trio thread); LookupError outside a run."""
+    try:
+        return _inbox_var.get()
+    except LookupError:
+        pass
+    except RuntimeError:
+        raise LookupError("no trio run in this thread") from None
+    inbox = _Inbox(trio.lowlevel.current_trio_token())
+    _inbox_var.set(inbox)
+    return inbox
+
+
 class _Waiters:
     """The trio waits on one handle: the handle's only done callback, however
     many tasks wait and come and go.  A wait that ends any other way
@@ -41,7 +89,7 @@ class _Waiters:
     __slots__ = ("entries",)
 
     def __init__(self) -> None:
-        self.entries: dict[object, tuple[trio.lowlevel.TrioToken, Callable[[], None]]] = {}
+        self.entries: dict[object, tuple[_Inbox, Callable[[], None]]] = {}
 
     def __call__(self, handle: BackgroundHandle[Any]) -> None:  # on whichever thread settled it
         with _lock:
@@ -52,11 +100,9 @@ class _Waiters:
         # Every waiter is woken, whatever one of them raises (a Ctrl-C in
         # the thread that settled it, no memory); the first error goes on.
         error: BaseException | None = None
-        for token, wake in entries:
+        for inbox, wake in entries:
             try:
-                token.run_sync_soon(wake)
-            except trio.RunFinishedError:
-                pass  # the run is over: nobody waits any more
+                inbox.post(wake)
             except BaseException as exc:
                 error = error or exc
         if error is not None:
@@ -69,9 +115,7 @@ _lock = threading.RLock()
 _registry: "weakref.WeakKeyDictionary[BackgroundHandle[Any], _Waiters]" = weakref.WeakKeyDictionary()
 
 
-def _subscribe(
-    handle: BackgroundHandle[Any], key: object, token: trio.lowlevel.TrioToken, wake: Callable[[], None]
-) -> None:
+def _subscribe(handle: BackgroundHandle[Any], key: object, inbox: _Inbox, wake: Callable[[], None]) -> None:
     with _lock:
         waiters = _registry.get(handle)
         new = waiters is None
@@ -79,7 +123,7 @@ def _subscribe(
             waiters = _registry[handle] = _Waiters()
         # The entry first: a handle already done calls its new callback at
         # once, and the entry must be there then.
-        waiters.entries[key] = (token, wake)
+        waiters.entries[key] = (inbox, wake)
         if new:
             try:
                 handle.add_done_callback(waiters)
@@ -98,13 +142,15 @@ def _unsubscribe(handle: BackgroundHandle[Any], key: object) -> None:
 
 
 @trio.lowlevel.enable_ki_protection
-async def _wait(handle: BackgroundHandle[Any], token: trio.lowlevel.TrioToken, cancel: bool) -> Any:
-    """Waits for `handle` in the current trio task.  Cancelled while waiting:
-    with `cancel`, a call not started yet never starts (trio's rule, as for
+async def _wait(handle: BackgroundHandle[Any], inbox: _Inbox, own: bool) -> Any:
+    """Waits for `handle` in the current trio task.  `own`: the handle is
+    this wait's alone (`await Task(sync)()`).  Cancelled while waiting, then
+    a call not started yet never starts (trio's rule, as for
     trio.to_thread.run_sync); a call already running is waited for, then the
-    cancellation is delivered.  Without `cancel`, the wait ends at once and
-    the call goes on.  Protected from Ctrl-C (trio delivers it at the wait,
-    through abort), so that no entry is left half made."""
+    cancellation is delivered.  Not `own` (`await handle`, which many may
+    wait for): the wait ends at once and the call goes on.  Protected from
+    Ctrl-C (trio delivers it at the wait, through abort), so that no entry
+    is left half made."""
     task = trio.lowlevel.current_task()
     waiting = True
 
@@ -114,35 +160,47 @@ async def _wait(handle: BackgroundHandle[Any], token: trio.lowlevel.TrioToken, c
             waiting = False
             trio.lowlevel.reschedule(task, outcome.capture(handle.result, 0))
 
-    def abort(_: Any) -> trio.lowlevel.Abort:
-        if not cancel or handle.cancel():
+    def abort(_: Any) -> trio.lowlevel.Abort:  # on the trio thread
+        nonlocal waiting
+        if not own or handle.cancel():
+            # trio reschedules the task itself: a wake() before it resumes
+            # (the cancelled handle's callback) must not do it again.
+            waiting = False
             return trio.lowlevel.Abort.SUCCEEDED
         return trio.lowlevel.Abort.FAILED  # running: wake() comes when it ends
 
+    if own:
+        # Nobody else waits on it, and it ends (run, failed or cancelled):
+        # its one callback, without the shared registry.
+        handle.add_done_callback(lambda _: inbox.post(wake))
+        try:
+            return await trio.lowlevel.wait_task_rescheduled(abort)
+        finally:
+            waiting = False  # a wake() still to come does nothing
     key = object()
     try:
-        _subscribe(handle, key, token, wake)
+        _subscribe(handle, key, inbox, wake)
         return await trio.lowlevel.wait_task_rescheduled(abort)
     finally:
-        waiting = False  # a wake() still to come does nothing
+        waiting = False
         _unsubscribe(handle, key)
 
 
 def call(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> Coroutine[Any, Any, Any]:
     """The rest of `await Task(func, *args, **kwargs)()` for a sync func."""
-    token = _token()
+    inbox = _inbox()
     # Submitted now, in the awaiting task's context (copied for the pool).
     handle = _run_in_pool(func, args, kwargs)
-    return _wait(handle, token, cancel=True)
+    return _wait(handle, inbox, own=True)
 
 
 def wait_handle(handle: BackgroundHandle[Any]) -> Coroutine[Any, Any, Any]:
     """The rest of `await handle`: many may wait; a cancelled wait leaves the
     call alone."""
-    token = _token()
+    inbox = _inbox()
     if handle.done():
         return _done(handle)
-    return _wait(handle, token, cancel=False)
+    return _wait(handle, inbox, own=False)
 
 
 async def _done(handle: BackgroundHandle[Any]) -> Any:
