@@ -28,7 +28,8 @@ import textwrap
 
 import pytest
 
-pytestmark = pytest.mark.slow
+# A child may take up to 240 s (measure()); pytest waits for it, and a margin.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(270)]
 
 CHILD = textwrap.dedent(
     r'''

@@ -165,6 +165,7 @@ MILLION = """
 """
 
 
+@pytest.mark.timeout(630)  # the child's own limit, and a margin
 def test_a_million_sync_tasks_through_gather_every_result_right_and_rss_flat(
     loop_kind, loop_factory, tmp_path
 ):
@@ -293,6 +294,7 @@ REENTRY = """
 """
 
 
+@pytest.mark.timeout(150)  # the child's own limit, and a margin
 def test_a_call_can_use_backgrounder_again_from_its_pool_thread(loop_kind, loop_factory, tmp_path):
     m = run_child(REENTRY, loop_kind, tmp_path, timeout=120)
     assert m["results"] == [i + 3 for i in range(6)], m
@@ -374,6 +376,7 @@ BURST = """
 """
 
 
+@pytest.mark.timeout(330)  # the child's own limit, and a margin
 def test_a_burst_far_beyond_max_workers_completes_with_at_most_max_workers(loop_kind, loop_factory, tmp_path):
     m = run_child(BURST, loop_kind, tmp_path, timeout=300)
     assert m["ok_tasks"] is True and m["ok_handles"] is True, m
@@ -406,6 +409,7 @@ SHRINK = """
 """
 
 
+@pytest.mark.timeout(150)  # the child's own limit, and a margin
 def test_lowering_max_workers_while_calls_run_stalls_no_call(loop_kind, loop_factory, tmp_path):
     m = run_child(SHRINK, loop_kind, tmp_path, timeout=120)
     assert m["stalled_at"] is None, m
