@@ -15,6 +15,7 @@ asyncio's own "no running event loop" instead.
 from __future__ import annotations
 
 import collections
+import os
 import threading
 import weakref
 from collections.abc import Callable, Coroutine
@@ -46,6 +47,7 @@ class _Inbox:
         self.wakes: collections.deque[Callable[[], None]] = collections.deque()
         self.scheduled = False
 
+    @trio.lowlevel.enable_ki_protection
     def post(self, wake: Callable[[], None]) -> None:  # any thread
         self.wakes.append(wake)
         if not self.scheduled:
@@ -54,7 +56,15 @@ class _Inbox:
             try:
                 self.token.run_sync_soon(self.flush)
             except trio.RunFinishedError:
-                pass  # the run is over: nobody waits any more
+                self.wakes.clear()  # the run is over: nobody waits any more
+            except BaseException:
+                # A Ctrl-C in a thread trio does not protect: the flag must
+                # not stay set with no flush to come.
+                try:
+                    self.token.run_sync_soon(self.flush)
+                except BaseException:
+                    self.scheduled = False
+                raise
 
     def flush(self) -> None:  # on the trio thread
         # The flag first: a wake-up posted from here on schedules a flush of its own.
@@ -91,12 +101,13 @@ class _Waiters:
     def __init__(self) -> None:
         self.entries: dict[object, tuple[_Inbox, Callable[[], None]]] = {}
 
+    @trio.lowlevel.enable_ki_protection
     def __call__(self, handle: BackgroundHandle[Any]) -> None:  # on whichever thread settled it
         with _lock:
-            if _registry.get(handle) is self:
-                del _registry[handle]
             entries = list(self.entries.values())
             self.entries.clear()
+            if _registry.get(handle) is self:
+                _registry.pop(handle, None)
         # Every waiter is woken, whatever one of them raises (a Ctrl-C in
         # the thread that settled it, no memory); the first error goes on.
         error: BaseException | None = None
@@ -112,6 +123,11 @@ class _Waiters:
 # Reentrant: a handle already done calls its new done callback at once, in
 # the thread that adds it, which holds the lock then.
 _lock = threading.RLock()
+if hasattr(os, "register_at_fork"):
+    # Held across fork(): the engine's hook in the child settles the
+    # parent's pending calls, which takes it (reentrant, in the forking
+    # thread); a pool thread that held it does not exist in the child.
+    os.register_at_fork(before=_lock.acquire, after_in_parent=_lock.release, after_in_child=_lock.release)
 _registry: "weakref.WeakKeyDictionary[BackgroundHandle[Any], _Waiters]" = weakref.WeakKeyDictionary()
 
 
@@ -186,6 +202,7 @@ async def _wait(handle: BackgroundHandle[Any], inbox: _Inbox, own: bool) -> Any:
         _unsubscribe(handle, key)
 
 
+@trio.lowlevel.enable_ki_protection
 def call(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> Coroutine[Any, Any, Any]:
     """The rest of `await Task(func, *args, **kwargs)()` for a sync func."""
     inbox = _inbox()
@@ -194,6 +211,7 @@ def call(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> Cor
     return _wait(handle, inbox, own=True)
 
 
+@trio.lowlevel.enable_ki_protection
 def wait_handle(handle: BackgroundHandle[Any]) -> Coroutine[Any, Any, Any]:
     """The rest of `await handle`: many may wait; a cancelled wait leaves the
     call alone."""

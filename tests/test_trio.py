@@ -9,6 +9,7 @@ once per anyio backend (the `backend` fixture), so the two stay the same.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -374,3 +375,54 @@ def test_thousands_of_quick_sync_calls_each_wake_their_awaiter():
         assert trio.run(main) == [3 * i for i in range(20_000)]
     finally:
         sys.setswitchinterval(interval)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_fork_while_a_pool_thread_wakes_trio_waiters_does_not_deadlock_the_child():
+    # The engine's fork hook settles the parent's pending calls in the child,
+    # which runs their trio waiters' callback: it must not wait for a lock
+    # that a pool thread of the parent held at the fork.
+    child = textwrap.dedent(
+        """
+        import os, threading, time
+        import trio, backgrounder
+        from backgrounder import _trio, background
+
+        backgrounder.configure(max_workers=1)
+        busy = background(time.sleep)(1.0)        # the only worker is busy
+        pending = background(lambda: 1)()          # queued, with a trio waiter
+
+        async def subscribe():
+            _trio._subscribe(pending, object(), _trio._inbox(), lambda: None)
+
+        trio.run(subscribe)
+        held, release = threading.Event(), threading.Event()
+
+        def holder():                              # as a pool thread in the callback
+            with _trio._lock:
+                held.set()
+                release.wait()
+
+        threading.Thread(target=holder, daemon=True).start()
+        held.wait()
+        threading.Timer(0.2, release.set).start()
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0 if pending.cancelled() else 3)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                print("child", os.waitstatus_to_exitcode(status))
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(pid, 9)
+            print("child deadlocked")
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-W", "ignore::DeprecationWarning", "-c", child],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.stdout.strip() == "child 0", (proc.stdout, proc.stderr[-2000:])
