@@ -606,7 +606,15 @@ def test_script_returns_results_and_completes_every_unwaited_call_at_exit(tmp_pa
     assert (proc.returncode, proc.stderr) == (0, ""), describe(proc)
     first, *rest = proc.stdout.splitlines()
     assert first == "['cat.thumb.png', 'dog.thumb.png', 'owl.thumb.png']"
-    assert sorted(rest) == sorted(f"line {i}" for i in range(1000))
+    # An exit drain that takes over 0.2 s says so on the backgrounder logger,
+    # which this script's logging prints: a loaded machine gets that line.
+    waiting = [line for line in rest if line.startswith("Waiting for ")]
+    assert all(
+        re.fullmatch(r"Waiting for \d+ background calls? to complete\. \(CTRL\+C again to abandon (them|it)\)", line)
+        for line in waiting
+    ), waiting
+    assert len(waiting) <= 1
+    assert sorted(line for line in rest if line not in waiting) == sorted(f"line {i}" for i in range(1000))
 
 
 def test_asyncio_script_prints_what_the_page_says(tmp_path):
