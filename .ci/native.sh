@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
-# The steps of .ci/run that build the engine their own way, one after the
-# other: the sanitizers, valgrind, Windows (mingw + wine64) and the Debian sid
-# chroot (Python 3.14, 3.15 and python3.14-dbg).  .ci/run runs this beside
+# The two longest steps of .ci/run, one after the other: the Debian sid
+# chroot (Python 3.14, 3.15 and python3.14-dbg) and the sanitizers.  .ci/run runs this beside
 # its other steps (two streams for two cores); each step works on its own
 # copy of the tree and its own virtualenvs, so the two never share a build.
 set -euo pipefail
@@ -10,18 +9,11 @@ cd "$(dirname "$0")/.."
 start=$(date +%s)
 step() { printf '\n=== %s (at %ss of this stream)\n' "$*" "$(( $(date +%s) - start ))"; }
 PY311=$1
-PY313=$2
 
 step "Python 3.14 and 3.15 in a Debian sid chroot: the whole suite with -W error; python3.14-dbg -X dev: core and refleak tests"
 bash .ci/py315.sh
 
 step "ASan+UBSan: the whole suite; TSan: the pool and bridge tests (any report fails)"
 PYTHON=$PY311 bash .ci/sanitizers.sh
-
-step "valgrind memcheck over the core tests (nothing definitely lost in the extension)"
-PYTHON=$PY311 bash .ci/valgrind.sh
-
-step "Windows: cross-built with mingw, the core tests on Windows CPython 3.13 under wine64"
-PYTHON=$PY313 bash .ci/windows.sh -q
 
 step "done"
