@@ -117,7 +117,7 @@ set -euo pipefail
 cd /src
 python3.14-dbg -m venv /venv-dbg
 # The pins (with their environment markers) of what the core tests import.
-grep -E '^(pytest|pytest-timeout|hypothesis|anyio|uvloop)==' requirements/test.txt >/dbg-requirements.txt
+grep -E '^(pytest|pytest-timeout|hypothesis|anyio|uvloop|trio)==' requirements/test.txt >/dbg-requirements.txt
 /venv-dbg/bin/pip install --quiet -r /dbg-requirements.txt
 BACKGROUNDER_DEBUG=1 BACKGROUNDER_WERROR=1 /venv-dbg/bin/pip install --quiet --no-deps .
 # From / : in /src the source tree would shadow the installed package.
