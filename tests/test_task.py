@@ -364,6 +364,20 @@ def test_cancelling_the_awaiting_task_before_the_call_starts_means_it_never_runs
     assert (after["cancelled"] - before["cancelled"], after["done"] - before["done"]) == (1, 1)
 
 
+async def cancel_once_running(await_the_call, started, release, loop_kind) -> bool:
+    """Runs `await_the_call` in a task group and cancels the group once its
+    sync call has `started`.  Under trio the group's end waits for that call:
+    `release` is set shortly after the cancel.  Returns whether the group's
+    scope caught the cancellation."""
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(await_the_call)
+        await until(started.is_set)
+        if loop_kind == "trio":
+            threading.Timer(0.05, release.set).start()
+        tg.cancel_scope.cancel()
+    return tg.cancel_scope.cancelled_caught
+
+
 def test_cancelling_a_running_call_lets_it_finish(run, loop_kind):
     # asyncio: the awaiting task is cancelled at once; the call finishes on
     # its thread and its result is dropped.  trio (docs/background.md, "trio";
@@ -389,13 +403,7 @@ def test_cancelling_a_running_call_lets_it_finish(run, loop_kind):
         past_the_checkpoint.append(True)
 
     async def main():
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(await_the_call)
-            await until(started.is_set)
-            if loop_kind == "trio":
-                threading.Timer(0.05, release.set).start()   # the run waits for the call
-            tg.cancel_scope.cancel()
-        return tg.cancel_scope.cancelled_caught
+        return await cancel_once_running(await_the_call, started, release, loop_kind)
 
     try:
         caught = run(main())
@@ -435,12 +443,7 @@ def test_a_cancelled_call_that_raises_is_not_lost(run, loop_kind, caplog):
             raised.append(exc)
 
     async def main():
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(await_the_call)
-            await until(started.is_set)
-            if loop_kind == "trio":
-                threading.Timer(0.05, release.set).start()   # the run waits for the call
-            tg.cancel_scope.cancel()
+        await cancel_once_running(await_the_call, started, release, loop_kind)
         release.set()   # asyncio: its awaiter is gone when the call fails
         if loop_kind != "trio":
             await until(logged)
