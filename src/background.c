@@ -35,7 +35,7 @@ loop_runner(bg_state *st)
         if (mod == NULL) {
             return NULL;
         }
-        PyObject *runner = PyObject_CallMethod(mod, "LoopThread", NULL);
+        PyObject *runner = bg_call_method(mod, "LoopThread", NULL);
         if (runner == NULL) {
             return NULL;
         }
@@ -44,7 +44,7 @@ loop_runner(bg_state *st)
         }
         else {
             /* Another thread made one meanwhile: keep that one. */
-            PyObject *res = PyObject_CallMethod(runner, "stop", "OO", Py_False, Py_None);
+            PyObject *res = bg_call_method(runner, "stop", "OO", Py_False, Py_None);
             Py_XDECREF(res);
             Py_DECREF(runner);
             if (res == NULL) {
@@ -73,7 +73,7 @@ loop_ends_with_the_call(bg_state *st, PyObject *loop)
     Py_DECREF(asgiref);
     PyObject *res = NULL, *mod = loop_module(st);
     if (mod != NULL) {
-        res = PyObject_CallMethod(mod, "ends_with_the_call", "O", loop);
+        res = bg_call_method(mod, "ends_with_the_call", "O", loop);
     }
     if (res == NULL) {
         return -1;
@@ -207,7 +207,7 @@ background_sweep_closed_loops(bg_state *st)
         if (PyTuple_GET_ITEM(PyList_GET_ITEM(items, i), 1) == Py_None || loop == NULL) {
             continue;   /* the engine's own loop: never closed under its calls */
         }
-        PyObject *closed = PyObject_CallMethod(loop, "is_closed", NULL);
+        PyObject *closed = bg_call_method(loop, "is_closed", NULL);
         int is_closed = closed ? PyObject_IsTrue(closed) : -1;
         Py_XDECREF(closed);
         if (is_closed <= 0) {
@@ -252,7 +252,7 @@ call_as_coroutine(bg_state *st, PyObject *func, PyObject *args, PyObject *kwargs
         return aw;
     }
     PyObject *mod = loop_module(st);
-    PyObject *coro = mod ? PyObject_CallMethod(mod, "as_coroutine", "O", aw) : NULL;
+    PyObject *coro = mod ? bg_call_method(mod, "as_coroutine", "O", aw) : NULL;
     Py_DECREF(aw);
     return coro;
 }
@@ -301,7 +301,7 @@ start_async(bg_state *st, HandleObject *h, PyObject *func, PyObject *args, PyObj
         if (done == NULL) {
             goto done;
         }
-        task = PyObject_CallMethod(loop, "create_task", "O", coro);
+        task = bg_call_method(loop, "create_task", "O", coro);
         if (task == NULL) {
             goto done;
         }
@@ -333,7 +333,7 @@ start_async(bg_state *st, HandleObject *h, PyObject *func, PyObject *args, PyObj
         if (done == NULL || background_async_started(st, h, own_loop, Py_None) < 0) {
             goto done;
         }
-        res = PyObject_CallMethod(runner, "submit", "OOO", coro, ctx, done);
+        res = bg_call_method(runner, "submit", "OOO", coro, ctx, done);
         if (res == NULL) {
             background_async_abort(st, h);   /* not accepted: done is never called */
         }
@@ -343,7 +343,7 @@ done:
     if (r < 0 && coro != NULL && task == NULL && res == NULL && PyCoro_CheckExact(coro)) {
         /* Never scheduled: close it so that no "never awaited" warning fires. */
         PyObject *exc = bg_fetch_exception();
-        PyObject *closed = PyObject_CallMethod(coro, "close", NULL);
+        PyObject *closed = bg_call_method(coro, "close", NULL);
         Py_XDECREF(closed);
         PyErr_Clear();
         bg_restore(exc);
@@ -522,7 +522,7 @@ bg_background(PyObject *module, PyObject *fn)
     int kind = KIND_FUNCTION;
     if (PyObject_TypeCheck(fn, &PyStaticMethod_Type) || PyObject_TypeCheck(fn, &PyClassMethod_Type)) {
         kind = PyObject_TypeCheck(fn, &PyStaticMethod_Type) ? KIND_STATIC : KIND_CLASS;
-        func = PyObject_GetAttrString(fn, "__func__");
+        func = bg_getattr(fn, "__func__");
     }
     else {
         func = Py_NewRef(fn);
@@ -550,7 +550,7 @@ bg_background(PyObject *module, PyObject *fn)
     if (functools == NULL) {
         goto error;
     }
-    update = PyObject_GetAttrString(functools, "update_wrapper");
+    update = bg_getattr(functools, "update_wrapper");
     Py_DECREF(functools);
     if (update == NULL) {
         goto error;
@@ -623,7 +623,7 @@ background_stop_loop(bg_state *st, int wait, double deadline)
     if (t == NULL) {
         return -1;
     }
-    PyObject *res = PyObject_CallMethod(st->loop_runner, "stop", "OO", wait ? Py_True : Py_False, t);
+    PyObject *res = bg_call_method(st->loop_runner, "stop", "OO", wait ? Py_True : Py_False, t);
     Py_DECREF(t);
     if (res == NULL) {
         return -1;
@@ -643,7 +643,7 @@ background_wait_idle(bg_state *st, double deadline, int exclude)
     if (t == NULL) {
         return -1;
     }
-    PyObject *res = PyObject_CallMethod(st->loop_runner, "wait_idle", "Oi", t, exclude);
+    PyObject *res = bg_call_method(st->loop_runner, "wait_idle", "Oi", t, exclude);
     Py_DECREF(t);
     if (res == NULL) {
         return -1;

@@ -144,7 +144,7 @@ bg_coro_go_foreign(PyObject *self, const char *name, PyObject *args, PyObject *n
     }
     Py_DECREF(trio);
     mod = PyImport_ImportModule("backgrounder._trio");
-    func = mod ? PyObject_GetAttrString(mod, name) : NULL;
+    func = mod ? bg_getattr(mod, name) : NULL;
     coro = func ? PyObject_CallObject(func, args) : NULL;
     Py_XDECREF(func);
     Py_XDECREF(mod);
@@ -169,7 +169,7 @@ int
 bg_in_trio_run(void)
 {
     PyObject *compat = PyImport_ImportModule("backgrounder._compat");
-    PyObject *res = compat ? PyObject_CallMethod(compat, "in_trio_run", NULL) : NULL;
+    PyObject *res = compat ? bg_call_method(compat, "in_trio_run", NULL) : NULL;
     int r = res ? PyObject_IsTrue(res) : -1;
     Py_XDECREF(res);
     Py_XDECREF(compat);
@@ -338,7 +338,7 @@ stop_iteration_to_return(PyObject **result)
         return PYGEN_ERROR;
     }
     PyObject *exc = bg_fetch_exception();
-    PyObject *value = PyObject_GetAttrString(exc, "value");
+    PyObject *value = bg_getattr(exc, "value");
     Py_DECREF(exc);
     if (value == NULL) {
         return PYGEN_ERROR;
@@ -422,7 +422,7 @@ bg_await_iter(PyObject *obj)
     }
     if (PyGen_CheckExact(obj)) {
         /* A generator-based coroutine (types.coroutine) is its own iterator. */
-        PyObject *code = PyObject_GetAttrString(obj, "gi_code");
+        PyObject *code = bg_getattr(obj, "gi_code");
         if (code == NULL) {
             return NULL;
         }

@@ -126,7 +126,7 @@ base_exception_group(bg_state *st)
         if (mod == NULL) {
             return NULL;
         }
-        st->base_exception_group = PyObject_GetAttrString(mod, "BaseExceptionGroup");
+        st->base_exception_group = bg_getattr(mod, "BaseExceptionGroup");
         Py_DECREF(mod);
         if (st->base_exception_group == NULL) {
             return NULL;

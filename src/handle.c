@@ -622,7 +622,7 @@ static PyObject *
 handle_repr(PyObject *op)
 {
     HandleObject *self = (HandleObject *)op;
-    PyObject *name = PyObject_GetAttrString(self->func, "__qualname__");
+    PyObject *name = bg_getattr(self->func, "__qualname__");
     if (name == NULL) {
         PyErr_Clear();
         name = bg_type_name(Py_TYPE(self->func));

@@ -195,7 +195,7 @@ bg_is_background_task(PyObject *module, PyObject *task)
     if (st->loop_runner == NULL) {
         Py_RETURN_FALSE;
     }
-    PyObject *tasks = PyObject_GetAttrString(st->loop_runner, "_tasks");
+    PyObject *tasks = bg_getattr(st->loop_runner, "_tasks");
     if (tasks == NULL) {
         return NULL;
     }
@@ -458,7 +458,7 @@ import_attr(const char *module, const char *attr, PyObject **out)
     if (mod == NULL) {
         return -1;
     }
-    *out = PyObject_GetAttrString(mod, attr);
+    *out = bg_getattr(mod, attr);
     Py_DECREF(mod);
     return *out ? 0 : -1;
 }
@@ -471,8 +471,8 @@ register_hooks(PyObject *module)
     PyObject *child = NULL, *kwargs = NULL, *reg_fork = NULL;
     int r = -1;
 
-    wait_idle = PyObject_GetAttrString(module, "_exit_drain");
-    at_exit = PyObject_GetAttrString(module, "_at_exit");
+    wait_idle = bg_getattr(module, "_exit_drain");
+    at_exit = bg_getattr(module, "_at_exit");
     if (wait_idle == NULL || at_exit == NULL) {
         goto done;
     }
@@ -512,7 +512,7 @@ register_hooks(PyObject *module)
 #ifdef HAVE_FORK
     /* The pool's locks are handled inside fork() itself (pool.c); the child
        then drops what is the parent's. */
-    child = PyObject_GetAttrString(module, "_after_fork_child");
+    child = bg_getattr(module, "_after_fork_child");
     if (child == NULL || import_attr("os", "register_at_fork", &reg_fork) < 0) {
         goto done;
     }

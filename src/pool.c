@@ -492,7 +492,9 @@ static void
 name_python_thread(uint64_t number)
 {
     PyObject *threading = PyImport_ImportModule("threading");
-    PyObject *thread = threading ? PyObject_CallMethod(threading, "current_thread", NULL) : NULL;
+    /* Interned: see bg_getattr in util.h (not included here: util sits above the pool). */
+    PyObject *getter = threading ? PyUnicode_InternFromString("current_thread") : NULL;
+    PyObject *thread = getter ? PyObject_CallMethodNoArgs(threading, getter) : NULL;
     PyObject *name = thread ? PyUnicode_FromFormat("backgrounder-worker-%llu",
                                                    (unsigned long long)number) : NULL;
     if (name == NULL || PyObject_SetAttrString(thread, "name", name) < 0) {
@@ -500,6 +502,7 @@ name_python_thread(uint64_t number)
     }
     Py_XDECREF(name);
     Py_XDECREF(thread);
+    Py_XDECREF(getter);
     Py_XDECREF(threading);
 }
 

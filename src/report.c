@@ -11,8 +11,8 @@ report_init(bg_state *st)
     if (logging == NULL) {
         return -1;
     }
-    st->logger = PyObject_CallMethod(logging, "getLogger", "s", "backgrounder");
-    st->fallback_format = PyObject_CallMethod(logging, "Formatter", "s",
+    st->logger = bg_call_method(logging, "getLogger", "s", "backgrounder");
+    st->fallback_format = bg_call_method(logging, "Formatter", "s",
                                               "%(levelname)s:%(name)s:%(message)s");
     Py_DECREF(logging);
     return st->logger && st->fallback_format ? 0 : -1;
@@ -47,7 +47,7 @@ PyObject *
 bg_callable_name(bg_state *st, PyObject *func)
 {
     PyObject *obj = unwrap(st, func);
-    PyObject *name = PyObject_GetAttrString(obj, "__qualname__");
+    PyObject *name = bg_getattr(obj, "__qualname__");
     if (name == NULL || !PyUnicode_Check(name)) {
         PyErr_Clear();
         Py_XDECREF(name);
@@ -57,7 +57,7 @@ bg_callable_name(bg_state *st, PyObject *func)
             name = PyUnicode_FromString("<callable>");
         }
     }
-    PyObject *module = PyObject_GetAttrString(obj, "__module__");
+    PyObject *module = bg_getattr(obj, "__module__");
     if (module != NULL && PyUnicode_Check(module) && name != NULL) {
         Py_SETREF(name, PyUnicode_FromFormat("%U.%U", module, name));
     }
@@ -76,16 +76,16 @@ static void
 locate(bg_state *st, PyObject *func, PyObject *exc, PyObject **path, long *line, PyObject **name)
 {
     PyObject *obj = unwrap(st, func);
-    PyObject *code = PyObject_GetAttrString(obj, "__code__");
+    PyObject *code = bg_getattr(obj, "__code__");
     if (code == NULL || !PyCode_Check(code)) {
         PyErr_Clear();
         Py_XDECREF(code);
         Py_DECREF(obj);
         return;
     }
-    PyObject *filename = PyObject_GetAttrString(code, "co_filename");
-    PyObject *first = PyObject_GetAttrString(code, "co_firstlineno");
-    PyObject *fname = PyObject_GetAttrString(code, "co_name");
+    PyObject *filename = bg_getattr(code, "co_filename");
+    PyObject *first = bg_getattr(code, "co_firstlineno");
+    PyObject *fname = bg_getattr(code, "co_name");
     if (filename && first && fname && PyUnicode_Check(filename) && PyUnicode_Check(fname)) {
         *path = Py_NewRef(filename);
         *name = Py_NewRef(fname);
@@ -93,10 +93,10 @@ locate(bg_state *st, PyObject *func, PyObject *exc, PyObject **path, long *line,
         /* The line that raised, if the traceback passes through func. */
         PyObject *tb = PyException_GetTraceback(exc);
         while (tb != NULL && tb != Py_None) {
-            PyObject *frame = PyObject_GetAttrString(tb, "tb_frame");
-            PyObject *fcode = frame ? PyObject_GetAttrString(frame, "f_code") : NULL;
+            PyObject *frame = bg_getattr(tb, "tb_frame");
+            PyObject *fcode = frame ? bg_getattr(frame, "f_code") : NULL;
             if (fcode == code) {
-                PyObject *lineno = PyObject_GetAttrString(tb, "tb_lineno");
+                PyObject *lineno = bg_getattr(tb, "tb_lineno");
                 if (lineno != NULL && PyLong_Check(lineno)) {
                     *line = PyLong_AsLong(lineno);
                 }
@@ -104,7 +104,7 @@ locate(bg_state *st, PyObject *func, PyObject *exc, PyObject **path, long *line,
             }
             Py_XDECREF(fcode);
             Py_XDECREF(frame);
-            Py_SETREF(tb, PyObject_GetAttrString(tb, "tb_next"));
+            Py_SETREF(tb, bg_getattr(tb, "tb_next"));
         }
         Py_XDECREF(tb);
     }
@@ -121,7 +121,7 @@ locate(bg_state *st, PyObject *func, PyObject *exc, PyObject **path, long *line,
 static int
 write_fallback(bg_state *st, PyObject *record)
 {
-    PyObject *text = PyObject_CallMethod(st->fallback_format, "format", "O", record);
+    PyObject *text = bg_call_method(st->fallback_format, "format", "O", record);
     if (text == NULL) {
         return -1;
     }
@@ -129,7 +129,7 @@ write_fallback(bg_state *st, PyObject *record)
     int r = 0;
     if (err != NULL && err != Py_None) {
         PyObject *line = PyUnicode_FromFormat("%U\n", text);
-        PyObject *res = line ? PyObject_CallMethod(err, "write", "O", line) : NULL;
+        PyObject *res = line ? bg_call_method(err, "write", "O", line) : NULL;
         r = res ? 0 : -1;
         Py_XDECREF(res);
         Py_XDECREF(line);
@@ -148,37 +148,37 @@ emit(bg_state *st, int level, PyObject *path, long line, PyObject *fname, const 
 {
     PyObject *logger = Py_NewRef(st->logger), *lname = NULL, *record = NULL, *res = NULL;
     int r = -1;
-    res = PyObject_CallMethod(logger, "isEnabledFor", "i", level);
+    res = bg_call_method(logger, "isEnabledFor", "i", level);
     int enabled = res ? PyObject_IsTrue(res) : -1;
     Py_CLEAR(res);
     if (enabled <= 0) {
         r = enabled;
         goto done;
     }
-    lname = PyObject_GetAttrString(logger, "name");
+    lname = bg_getattr(logger, "name");
     if (lname == NULL) {
         goto done;
     }
     /* makeRecord(name, level, fn, lno, msg, args, exc_info, func) */
     if (path != NULL) {
-        record = PyObject_CallMethod(logger, "makeRecord", "OiOlsOOO", lname, level, path, line,
+        record = bg_call_method(logger, "makeRecord", "OiOlsOOO", lname, level, path, line,
                                      what, args, exc_info, fname ? fname : Py_None);
     }
     else {
-        record = PyObject_CallMethod(logger, "makeRecord", "OisisOOO", lname, level,
+        record = bg_call_method(logger, "makeRecord", "OisisOOO", lname, level,
                                      "(unknown file)", 0, what, args, exc_info, Py_None);
     }
     if (record == NULL) {
         goto done;
     }
-    res = PyObject_CallMethod(logger, "hasHandlers", NULL);
+    res = bg_call_method(logger, "hasHandlers", NULL);
     int handled = res ? PyObject_IsTrue(res) : -1;
     Py_CLEAR(res);
     if (handled < 0) {
         goto done;
     }
     if (handled) {
-        res = PyObject_CallMethod(logger, "handle", "O", record);
+        res = bg_call_method(logger, "handle", "O", record);
         r = res ? 0 : -1;
     }
     else {

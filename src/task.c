@@ -713,7 +713,7 @@ task_mark_coroutine_function(PyTypeObject *tp)
     if (module_code == NULL) {
         return -1;
     }
-    consts = PyObject_GetAttrString(module_code, "co_consts");
+    consts = bg_getattr(module_code, "co_consts");
     if (consts == NULL || !PyTuple_Check(consts)) {
         goto done;
     }

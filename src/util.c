@@ -2,6 +2,7 @@
 #include "util.h"
 #include "platform.h"
 #include <math.h>
+#include <stdarg.h>
 
 bg_state *
 get_state_by_type(PyTypeObject *tp)
@@ -173,4 +174,44 @@ bg_time_left_object(double deadline)
 {
     double left = bg_time_left(deadline);
     return left < 0 ? Py_NewRef(Py_None) : PyFloat_FromDouble(left);
+}
+
+PyObject *
+bg_getattr(PyObject *obj, const char *name)
+{
+    PyObject *key = PyUnicode_InternFromString(name);
+    if (key == NULL) {
+        return NULL;
+    }
+    PyObject *res = PyObject_GetAttr(obj, key);
+    Py_DECREF(key);
+    return res;
+}
+
+PyObject *
+bg_call_method(PyObject *obj, const char *name, const char *format, ...)
+{
+    PyObject *meth = bg_getattr(obj, name);
+    if (meth == NULL) {
+        return NULL;
+    }
+    PyObject *args;
+    if (format == NULL || *format == '\0') {
+        args = PyTuple_New(0);
+    }
+    else {
+        va_list va;
+        va_start(va, format);
+        args = Py_VaBuildValue(format, va);
+        va_end(va);
+        /* One value that is not a tuple is the one argument (a tuple is
+           the arguments), as for PyObject_CallMethod. */
+        if (args != NULL && !PyTuple_Check(args)) {
+            Py_SETREF(args, PyTuple_Pack(1, args));
+        }
+    }
+    PyObject *res = args != NULL ? PyObject_Call(meth, args, NULL) : NULL;
+    Py_XDECREF(args);
+    Py_DECREF(meth);
+    return res;
 }

@@ -121,4 +121,14 @@ double bg_time_left(double deadline);
    None for no deadline; NULL with an exception set. */
 PyObject *bg_time_left_object(double deadline);
 
+/* obj.<name> and obj.<name>(...), with the name interned: what
+   PyObject_GetAttrString and PyObject_CallMethod do, but for the string.
+   CPython's type attribute cache keeps a reference to the name it was
+   last asked for in each slot, so a fresh string made per lookup stays
+   alive there until the slot is reused: a debug build counts it as a
+   slow reference leak (tests/test_refleaks.py).  bg_call_method's format
+   is PyObject_CallMethod's (NULL for no arguments). */
+PyObject *bg_getattr(PyObject *obj, const char *name);
+PyObject *bg_call_method(PyObject *obj, const char *name, const char *format, ...);
+
 #endif /* BG_UTIL_H */
