@@ -207,7 +207,7 @@ background_sweep_closed_loops(bg_state *st)
         if (PyTuple_GET_ITEM(PyList_GET_ITEM(items, i), 1) == Py_None || loop == NULL) {
             continue;   /* the engine's own loop: never closed under its calls */
         }
-        PyObject *closed = bg_call_method(loop, "is_closed", NULL);
+        PyObject *closed = PyObject_CallMethodNoArgs(loop, st->str_is_closed);
         int is_closed = closed ? PyObject_IsTrue(closed) : -1;
         Py_XDECREF(closed);
         if (is_closed <= 0) {
@@ -252,7 +252,7 @@ call_as_coroutine(bg_state *st, PyObject *func, PyObject *args, PyObject *kwargs
         return aw;
     }
     PyObject *mod = loop_module(st);
-    PyObject *coro = mod ? bg_call_method(mod, "as_coroutine", "O", aw) : NULL;
+    PyObject *coro = mod ? bg_call_method(mod, "as_coroutine", "(O)", aw) : NULL;
     Py_DECREF(aw);
     return coro;
 }
@@ -301,7 +301,7 @@ start_async(bg_state *st, HandleObject *h, PyObject *func, PyObject *args, PyObj
         if (done == NULL) {
             goto done;
         }
-        task = bg_call_method(loop, "create_task", "O", coro);
+        task = PyObject_CallMethodOneArg(loop, st->str_create_task, coro);
         if (task == NULL) {
             goto done;
         }
@@ -333,7 +333,7 @@ start_async(bg_state *st, HandleObject *h, PyObject *func, PyObject *args, PyObj
         if (done == NULL || background_async_started(st, h, own_loop, Py_None) < 0) {
             goto done;
         }
-        res = bg_call_method(runner, "submit", "OOO", coro, ctx, done);
+        res = PyObject_CallMethodObjArgs(runner, st->str_submit, coro, ctx, done, NULL);
         if (res == NULL) {
             background_async_abort(st, h);   /* not accepted: done is never called */
         }
@@ -343,7 +343,7 @@ done:
     if (r < 0 && coro != NULL && task == NULL && res == NULL && PyCoro_CheckExact(coro)) {
         /* Never scheduled: close it so that no "never awaited" warning fires. */
         PyObject *exc = bg_fetch_exception();
-        PyObject *closed = bg_call_method(coro, "close", NULL);
+        PyObject *closed = PyObject_CallMethodNoArgs(coro, st->str_close);
         Py_XDECREF(closed);
         PyErr_Clear();
         bg_restore(exc);
@@ -643,7 +643,9 @@ background_wait_idle(bg_state *st, double deadline, int exclude)
     if (t == NULL) {
         return -1;
     }
-    PyObject *res = bg_call_method(st->loop_runner, "wait_idle", "Oi", t, exclude);
+    PyObject *n = PyLong_FromLong(exclude);
+    PyObject *res = n ? PyObject_CallMethodObjArgs(st->loop_runner, st->str_wait_idle, t, n, NULL) : NULL;
+    Py_XDECREF(n);
     Py_DECREF(t);
     if (res == NULL) {
         return -1;

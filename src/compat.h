@@ -83,6 +83,24 @@ bg_getattr_optional(PyObject *obj, PyObject *name, PyObject **result)
 #endif
 }
 
+/* obj.<name>, what PyObject_GetAttrString does, but with the name interned.
+   CPython's type attribute cache keeps a reference to the name it was last
+   asked for in each slot: a fresh string made per lookup stays alive there
+   until the slot is reused (which a debug build's sys.gettotalrefcount()
+   counts as a slow leak), and never hits the cache.  `name` is a literal:
+   an interned string lives as long as the interpreter (on 3.12, always). */
+static inline PyObject *
+bg_getattr(PyObject *obj, const char *name)
+{
+    PyObject *key = PyUnicode_InternFromString(name);
+    if (key == NULL) {
+        return NULL;
+    }
+    PyObject *res = PyObject_GetAttr(obj, key);
+    Py_DECREF(key);
+    return res;
+}
+
 /* A short type name for reprs and messages: a new reference, or NULL. */
 static inline PyObject *
 bg_type_name(PyTypeObject *tp)
@@ -90,7 +108,7 @@ bg_type_name(PyTypeObject *tp)
 #if PY_VERSION_HEX >= 0x030B0000
     return PyType_GetName(tp);
 #else
-    return PyObject_GetAttrString((PyObject *)tp, "__name__");
+    return bg_getattr((PyObject *)tp, "__name__");
 #endif
 }
 

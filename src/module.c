@@ -566,6 +566,10 @@ intern_names(bg_state *st)
     INTERN(str_call, "__call__");
     INTERN(str_name, "__name__");
     INTERN(str_loop, "loop");
+    INTERN(str_create_task, "create_task");
+    INTERN(str_submit, "submit");
+    INTERN(str_is_closed, "is_closed");
+    INTERN(str_wait_idle, "wait_idle");
 #undef INTERN
     return 0;
 }
@@ -686,6 +690,10 @@ module_clear(PyObject *module)
     Py_CLEAR(st->str_func);
     Py_CLEAR(st->str_call);
     Py_CLEAR(st->str_loop);
+    Py_CLEAR(st->str_create_task);
+    Py_CLEAR(st->str_submit);
+    Py_CLEAR(st->str_is_closed);
+    Py_CLEAR(st->str_wait_idle);
     Py_CLEAR(st->str_name);
     return 0;
 }

@@ -492,9 +492,8 @@ static void
 name_python_thread(uint64_t number)
 {
     PyObject *threading = PyImport_ImportModule("threading");
-    /* Interned: see bg_getattr in util.h (not included here: util sits above the pool). */
-    PyObject *getter = threading ? PyUnicode_InternFromString("current_thread") : NULL;
-    PyObject *thread = getter ? PyObject_CallMethodNoArgs(threading, getter) : NULL;
+    PyObject *getter = threading ? bg_getattr(threading, "current_thread") : NULL;
+    PyObject *thread = getter ? PyObject_CallNoArgs(getter) : NULL;
     PyObject *name = thread ? PyUnicode_FromFormat("backgrounder-worker-%llu",
                                                    (unsigned long long)number) : NULL;
     if (name == NULL || PyObject_SetAttrString(thread, "name", name) < 0) {

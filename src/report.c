@@ -12,8 +12,8 @@ report_init(bg_state *st)
         return -1;
     }
     st->logger = bg_call_method(logging, "getLogger", "s", "backgrounder");
-    st->fallback_format = bg_call_method(logging, "Formatter", "s",
-                                              "%(levelname)s:%(name)s:%(message)s");
+    st->fallback_format = st->logger ? bg_call_method(logging, "Formatter", "s",
+                                                      "%(levelname)s:%(name)s:%(message)s") : NULL;
     Py_DECREF(logging);
     return st->logger && st->fallback_format ? 0 : -1;
 }

@@ -177,20 +177,12 @@ bg_time_left_object(double deadline)
 }
 
 PyObject *
-bg_getattr(PyObject *obj, const char *name)
-{
-    PyObject *key = PyUnicode_InternFromString(name);
-    if (key == NULL) {
-        return NULL;
-    }
-    PyObject *res = PyObject_GetAttr(obj, key);
-    Py_DECREF(key);
-    return res;
-}
-
-PyObject *
 bg_call_method(PyObject *obj, const char *name, const char *format, ...)
 {
+    if (obj == NULL || name == NULL) {
+        PyErr_BadInternalCall();
+        return NULL;
+    }
     PyObject *meth = bg_getattr(obj, name);
     if (meth == NULL) {
         return NULL;

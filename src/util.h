@@ -73,6 +73,10 @@ typedef struct {
     PyObject *str_call;            /* "__call__" */
     PyObject *str_name;            /* "__name__" */
     PyObject *str_loop;            /* "loop" */
+    PyObject *str_create_task;
+    PyObject *str_submit;
+    PyObject *str_is_closed;
+    PyObject *str_wait_idle;
 } bg_state;
 
 extern PyModuleDef bg_module_def;
@@ -121,14 +125,11 @@ double bg_time_left(double deadline);
    None for no deadline; NULL with an exception set. */
 PyObject *bg_time_left_object(double deadline);
 
-/* obj.<name> and obj.<name>(...), with the name interned: what
-   PyObject_GetAttrString and PyObject_CallMethod do, but for the string.
-   CPython's type attribute cache keeps a reference to the name it was
-   last asked for in each slot, so a fresh string made per lookup stays
-   alive there until the slot is reused: a debug build counts it as a
-   slow reference leak (tests/test_refleaks.py).  bg_call_method's format
-   is PyObject_CallMethod's (NULL for no arguments). */
-PyObject *bg_getattr(PyObject *obj, const char *name);
+/* obj.<name>(...) with the name interned (bg_getattr, compat.h), else what
+   PyObject_CallMethod does: `format` is its format (NULL for no arguments),
+   and one value that is a tuple is the argument tuple, so a lone argument
+   that may be a tuple is given as "(O)".  For calls off the hot paths; those
+   use the names interned in the state (str_*). */
 PyObject *bg_call_method(PyObject *obj, const char *name, const char *format, ...);
 
 #endif /* BG_UTIL_H */

@@ -497,6 +497,52 @@ def test_a_marked_function_returning_a_non_coroutine_awaitable_works_on_a_runnin
     assert lines(proc) == {"awaitable": "42", "future": "43"}, describe(proc)
 
 
+@needs_markcoroutinefunction
+def test_a_marked_function_returning_a_tuple_fails_in_the_call_as_awaiting_a_tuple_does():
+    # The engine wraps what such a function returns in a coroutine that awaits
+    # it.  A tuple was once spread into that wrapper's arguments: () failed the
+    # call itself, (awaitable,) quietly awaited the awaitable inside.
+    proc = python(
+        """
+        import asyncio, inspect
+        from backgrounder import background
+
+        class Awaitable:
+            def __await__(self):
+                if False:
+                    yield
+                return 42
+
+        @background
+        @inspect.markcoroutinefunction
+        def gives_an_empty_tuple():
+            return ()
+
+        @background
+        @inspect.markcoroutinefunction
+        def gives_a_tuple_of_an_awaitable():
+            return (Awaitable(),)
+
+        for name, fn in [("empty", gives_an_empty_tuple), ("one", gives_a_tuple_of_an_awaitable)]:
+            exc = fn().exception(timeout=5)
+            print(name, type(exc).__name__, "can't be used in 'await' expression" in str(exc))
+
+        async def main():
+            try:
+                await gives_a_tuple_of_an_awaitable()
+            except TypeError as exc:
+                print("loop", type(exc).__name__, "can't be used in 'await' expression" in str(exc))
+
+        asyncio.run(main())
+        """,
+        timeout=30,
+    )
+    assert_ok(proc)
+    assert lines(proc) == {"empty": "TypeError True", "one": "TypeError True", "loop": "TypeError True"}, describe(
+        proc
+    )
+
+
 # ---- fork -------------------------------------------------------------------------
 
 
