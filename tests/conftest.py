@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -23,6 +24,15 @@ from typing import Any, TypeVar
 import pytest
 
 T = TypeVar("T")
+
+# A command started in the background by a non-interactive shell (`cmd &` in
+# a CI script) starts with SIGINT ignored, and so does every process it
+# starts: Python then installs no KeyboardInterrupt handler, and the tests
+# that send SIGINT to a child (Ctrl-C at an exit wait, stopping a server)
+# see nothing happen.  Python's own handler here, which exec resets to the
+# default in each child, so that the children install theirs.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 LoopFactory = Callable[[], asyncio.AbstractEventLoop]
 Run = Callable[[Coroutine[Any, Any, T]], T]
