@@ -420,11 +420,9 @@ needs_markcoroutinefunction = pytest.mark.skipif(
     sys.version_info < (3, 12), reason="inspect.markcoroutinefunction is new in Python 3.12"
 )
 
-
-@needs_markcoroutinefunction
-def test_a_marked_function_returning_a_non_coroutine_awaitable_settles_from_sync_code():
-    proc = python(
-        """
+# What the scripts below start with: an awaitable that is not a coroutine.
+# Indented as the scripts' own text is, which python() dedents as a whole.
+MARKED_PRELUDE = """
         import asyncio, inspect
         from backgrounder import background
 
@@ -433,7 +431,14 @@ def test_a_marked_function_returning_a_non_coroutine_awaitable_settles_from_sync
                 if False:
                     yield
                 return 42
+"""
 
+
+@needs_markcoroutinefunction
+def test_a_marked_function_returning_a_non_coroutine_awaitable_settles_from_sync_code():
+    proc = python(
+        MARKED_PRELUDE
+        + """
         @background
         @inspect.markcoroutinefunction
         def gives_an_awaitable():
@@ -461,16 +466,8 @@ def test_a_marked_function_returning_a_non_coroutine_awaitable_settles_from_sync
 @needs_markcoroutinefunction
 def test_a_marked_function_returning_a_non_coroutine_awaitable_works_on_a_running_loop():
     proc = python(
-        """
-        import asyncio, inspect
-        from backgrounder import background
-
-        class Awaitable:
-            def __await__(self):
-                if False:
-                    yield
-                return 42
-
+        MARKED_PRELUDE
+        + """
         @background
         @inspect.markcoroutinefunction
         def gives_an_awaitable():
@@ -503,16 +500,8 @@ def test_a_marked_function_returning_a_tuple_fails_in_the_call_as_awaiting_a_tup
     # it.  A tuple was once spread into that wrapper's arguments: () failed the
     # call itself, (awaitable,) quietly awaited the awaitable inside.
     proc = python(
-        """
-        import asyncio, inspect
-        from backgrounder import background
-
-        class Awaitable:
-            def __await__(self):
-                if False:
-                    yield
-                return 42
-
+        MARKED_PRELUDE
+        + """
         @background
         @inspect.markcoroutinefunction
         def gives_an_empty_tuple():
