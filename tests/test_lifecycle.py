@@ -984,7 +984,7 @@ def test_child_forked_from_inside_a_pool_call_can_use_the_engine():
 def test_multiprocessing_fork_children_run_background_calls():
     proc = python(
         """
-        import asyncio, multiprocessing, os
+        import asyncio, multiprocessing, os, time
         import lcutil
         import backgrounder
 
@@ -994,6 +994,7 @@ def test_multiprocessing_fork_children_run_background_calls():
 
         @backgrounder.background
         def fire_and_forget(i):
+            time.sleep(0.05)     # still running when map() returns
             os.write(1, b"f%d\\n" % i)
 
         def add(a, b):
@@ -1008,6 +1009,11 @@ def test_multiprocessing_fork_children_run_background_calls():
             ctx = multiprocessing.get_context("fork")
             with ctx.Pool(2) as pool:
                 print(pool.map(in_child, range(6)), flush=True)
+                # Leaving the block calls terminate(): SIGTERM, which no
+                # process survives to finish its work. close() and join()
+                # let the workers exit, and exit waits for their calls.
+                pool.close()
+                pool.join()
             procs = [ctx.Process(target=in_child, args=(10 + i,)) for i in range(2)]
             for p in procs:
                 p.start()
