@@ -350,7 +350,8 @@ def main(argv=None):
                     help="1 repeat of 2 s per system and work (about 2 minutes)")
     ap.add_argument("--seconds", type=int, help="measured seconds per run (default 6, quick 2)")
     ap.add_argument("--repeats", type=int, help="repeats (default 2, quick 1)")
-    ap.add_argument("--systems", help=f"a subset of {','.join(SYSTEMS)}")
+    ap.add_argument("--systems", help=f"a subset of {','.join(SYSTEMS)}, or yield0 (a control: "
+                    "the response's background awaits asyncio.sleep(0), then runs the work inline)")
     ap.add_argument("--work", help="io, cpu or both (default)")
     ap.add_argument("--json", metavar="PATH", help="write every run's figures here")
     ap.add_argument("--chart", metavar="SVG", help="draw the chart (bench/b9_chart.py) here")
@@ -363,7 +364,7 @@ def main(argv=None):
 
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not on PATH (Debian: apt-get install wrk)")
-    systems = parse_list(args.systems, SYSTEMS, "systems")
+    systems = parse_list(args.systems, SYSTEMS + ("yield0",), "systems")
     works = parse_list(args.work, WORKS, "work")
     seconds = args.seconds or (2 if args.quick else 6)
     repeats = args.repeats or (1 if args.quick else 2)
