@@ -334,9 +334,9 @@ def render(med, systems, works, heading):
     return "\n".join(lines).rstrip() + "\n"
 
 
-def parse_list(text, known, what):
+def parse_list(text, known, what, default=None):
     if not text:
-        return list(known)
+        return list(default or known)
     items = [s for s in text.replace(" ", "").split(",") if s]
     bad = [s for s in items if s not in known]
     if bad:
@@ -364,7 +364,7 @@ def main(argv=None):
 
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not on PATH (Debian: apt-get install wrk)")
-    systems = parse_list(args.systems, SYSTEMS + ("yield0",), "systems")
+    systems = parse_list(args.systems, SYSTEMS + ("yield0",), "systems", default=SYSTEMS)
     works = parse_list(args.work, WORKS, "work")
     seconds = args.seconds or (2 if args.quick else 6)
     repeats = args.repeats or (1 if args.quick else 2)
